@@ -1,0 +1,44 @@
+"""slimkit: make neural networks smaller and faster, and prove it on a real runtime.
+
+The Python API runs the same steps as the command line, one call at a time:
+
+    >>> import slimkit
+    >>> data = slimkit.load_data("digits")
+    >>> model = slimkit.build_model("cnn-small", data.input_shape, data.num_classes)
+    >>> _ = slimkit.fit(model, data, slimkit.TrainConfig(epochs=1), quiet=True)
+    >>> 0.0 <= slimkit.evaluate(model, data.test) <= 1.0
+    True
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# Public name -> module that defines it; imported on first use so `import slimkit` stays light.
+_API = {
+    "SlimkitError": "slimkit.errors",
+    "Dataset": "slimkit.data",
+    "load_data": "slimkit.data",
+    "build_model": "slimkit.models",
+    "load_model": "slimkit.models",
+    "save_checkpoint": "slimkit.models",
+    "TrainConfig": "slimkit.train",
+    "fit": "slimkit.train",
+    "evaluate": "slimkit.measure",
+    "measure": "slimkit.measure",
+    "export": "slimkit.export",
+    "Recipe": "slimkit.recipe",
+    "run_recipe": "slimkit.recipe",
+    "build_report": "slimkit.report",
+    "write_report": "slimkit.report",
+}
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        return getattr(importlib.import_module(_API[name]), name)
+    raise AttributeError(f"module 'slimkit' has no attribute {name!r}")

@@ -1,0 +1,1 @@
+"""Imports every benchmark module so the benchmark registry is complete (one line each)."""

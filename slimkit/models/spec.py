@@ -1,0 +1,191 @@
+"""Architecture specs: the JSON that, with a safetensors file, rebuilds a model without pickle.
+
+A spec names a factory (a zoo name, or ``package.module:function``) and its arguments, and lists
+the shape of every layer. Compression that changes layer shapes (structured pruning, low-rank
+factorization) therefore needs no special saving code: loading rebuilds the factory's model and
+swaps in layers of the recorded shapes.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from slimkit.errors import SlimkitError
+from slimkit.models.registry import MODELS
+
+SPEC_ATTR = "_slimkit_spec"
+
+# Leaf layers whose shape a spec records, with the constructor arguments that define them.
+LAYER_ARGS: dict[type[nn.Module], tuple[str, ...]] = {
+    nn.Linear: ("in_features", "out_features", "bias"),
+    nn.Conv1d: (
+        "in_channels",
+        "out_channels",
+        "kernel_size",
+        "stride",
+        "padding",
+        "dilation",
+        "groups",
+        "bias",
+        "padding_mode",
+    ),
+    nn.Conv2d: (
+        "in_channels",
+        "out_channels",
+        "kernel_size",
+        "stride",
+        "padding",
+        "dilation",
+        "groups",
+        "bias",
+        "padding_mode",
+    ),
+    nn.BatchNorm1d: ("num_features", "eps", "momentum", "affine", "track_running_stats"),
+    nn.BatchNorm2d: ("num_features", "eps", "momentum", "affine", "track_running_stats"),
+    nn.LayerNorm: ("normalized_shape", "eps", "elementwise_affine", "bias"),
+    nn.Embedding: ("num_embeddings", "embedding_dim", "padding_idx"),
+}
+LAYER_TYPES = {cls.__name__: cls for cls in LAYER_ARGS}
+
+
+class ModelSpec(BaseModel):
+    """What is needed to rebuild a model: factory, its arguments and the layers' shapes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    input_shape: list[int]
+    num_classes: int
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    layers: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
+def build_model(
+    name: str,
+    input_shape: Sequence[int],
+    num_classes: int,
+    *,
+    allow_import: bool = True,
+    **kwargs: Any,
+) -> nn.Module:
+    """Build a zoo model (or a ``package.module:factory`` model) for the given data shape.
+
+    The returned module carries its spec, so :func:`slimkit.save_checkpoint` can save it.
+
+    Example:
+        >>> model = build_model("lenet300", (1, 28, 28), 10)
+        >>> sum(p.numel() for p in model.parameters())
+        266610
+    """
+    factory = _factory(name, allow_import)
+    try:
+        model = _call_factory(factory, list(input_shape), num_classes, kwargs)
+    except TypeError as exc:
+        raise SlimkitError(f"model {name!r}: bad arguments {kwargs}: {exc}") from None
+    if not isinstance(model, nn.Module):
+        raise SlimkitError(
+            f"model factory {name!r} returned {type(model).__name__}, not a torch.nn.Module"
+        )
+    spec = ModelSpec(
+        name=name, input_shape=list(input_shape), num_classes=num_classes, kwargs=kwargs
+    )
+    setattr(model, SPEC_ATTR, spec)
+    return model
+
+
+def spec_of(model: nn.Module) -> ModelSpec:
+    """The spec of ``model``, with the current shape of each of its layers."""
+    spec = getattr(model, SPEC_ATTR, None)
+    if spec is None:
+        raise SlimkitError(
+            "this model was not built by slimkit (build_model or load_model), so "
+            "its architecture cannot be saved; export it to ONNX instead"
+        )
+    layers = {
+        name: layer_config(module)
+        for name, module in model.named_modules()
+        if type(module) in LAYER_ARGS
+    }
+    return spec.model_copy(update={"layers": layers})
+
+
+def model_from_spec(spec: ModelSpec, *, allow_import: bool = False) -> nn.Module:
+    """Rebuild the architecture described by ``spec`` (weights uninitialised-as-built)."""
+    model = build_model(
+        spec.name, spec.input_shape, spec.num_classes, allow_import=allow_import, **spec.kwargs
+    )
+    modules = dict(model.named_modules())
+    for name, config in spec.layers.items():
+        if name not in modules:
+            raise SlimkitError(f"checkpoint names layer {name!r}, which {spec.name} does not have")
+        if layer_config(modules[name]) != config:
+            _replace(model, name, make_layer(config))
+    setattr(model, SPEC_ATTR, spec.model_copy(update={"layers": {}}))
+    return model
+
+
+def layer_config(module: nn.Module) -> dict[str, Any]:
+    """The constructor arguments of a supported layer, JSON-ready."""
+    config: dict[str, Any] = {"type": type(module).__name__}
+    for arg in LAYER_ARGS[type(module)]:
+        value = getattr(module, arg)
+        if arg == "bias":
+            value = value is not None if not isinstance(value, bool) else value
+        config[arg] = list(value) if isinstance(value, tuple) else value
+    return config
+
+
+def make_layer(config: dict[str, Any]) -> nn.Module:
+    """Construct a layer from :func:`layer_config` output."""
+    args = dict(config)
+    cls = LAYER_TYPES.get(args.pop("type", None))
+    if cls is None or set(args) - set(LAYER_ARGS[cls]):
+        raise SlimkitError(f"unsupported layer in spec: {config}")
+    for key, value in args.items():
+        if isinstance(value, list):
+            args[key] = tuple(value)
+    return cls(**args)
+
+
+def _replace(model: nn.Module, name: str, layer: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, layer)
+
+
+def _factory(name: str, allow_import: bool):
+    if name in MODELS or ":" not in name:
+        return MODELS.get(name)
+    if not allow_import:
+        raise SlimkitError(
+            f"this file names the model factory {name!r}; loading it would run "
+            "that code, so it is refused unless you allow imports "
+            "(--allow-import / allow_import=True)"
+        )
+    module_name, _, attr = name.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise SlimkitError(f"cannot import model factory {name!r}: {exc}") from None
+    if not callable(factory):
+        raise SlimkitError(f"{name!r} is not callable")
+    return factory
+
+
+def _call_factory(
+    factory, input_shape: list[int], num_classes: int, kwargs: dict[str, Any]
+) -> nn.Module:
+    params = inspect.signature(factory).parameters
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    shape_args = {}
+    if "input_shape" in params or takes_any:
+        shape_args["input_shape"] = tuple(input_shape)
+    if "num_classes" in params or takes_any:
+        shape_args["num_classes"] = num_classes
+    return factory(**shape_args, **kwargs)

@@ -1,0 +1,103 @@
+"""Human-readable views of a report: a Markdown file and a rich console table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+COLUMNS = ("metric", "params", "nonzero_params", "macs", "size_bytes", "ort_b1", "ort_b64")
+HEADERS = ("model", "metric", "params", "non-zero", "MACs", "bytes", "ORT b1 ms", "ORT b64 ms")
+
+
+def rows(report: dict[str, Any]) -> list[list[str]]:
+    """Baseline, each stage, peers and result as rows of formatted cells."""
+    out = [_row("baseline", report["baseline"])]
+    out += [_row(_stage_label(s), s) for s in report.get("stages", [])]
+    out += [_row(f"peer: {p.get('name', '?')}", p) for p in report.get("peers", [])]
+    out.append(_row("result", report["result"]))
+    return out
+
+
+def ratios(report: dict[str, Any]) -> dict[str, str]:
+    """Baseline-over-result ratios for size, non-zeros, MACs and latency."""
+    base, res = report["baseline"], report["result"]
+    out = {}
+    for key, label in (
+        ("size_bytes", "smaller on disk"),
+        ("nonzero_params", "fewer non-zeros"),
+        ("macs", "fewer MACs"),
+    ):
+        if base.get(key) and res.get(key):
+            out[label] = f"{base[key] / res[key]:.2f}x"
+    for key in ("torch_b64", "ort_b64"):
+        b, r = _latency(base, key), _latency(res, key)
+        if b and r:
+            out[f"{key} speed-up"] = f"{b / r:.2f}x"
+    if base.get("metric") is not None and res.get("metric") is not None:
+        out["metric change"] = f"{res['metric'] - base['metric']:+.4f}"
+    return out
+
+
+def to_markdown(report: dict[str, Any]) -> str:
+    """report.md: task, the table of baseline vs stages vs result, ratios, environment."""
+    task = report["task"]
+    lines = [
+        f"# slimkit report: {task.get('data')}",
+        "",
+        f"Metric: {task.get('metric')} on the {task.get('split')} split "
+        f"({task.get('n')} examples).",
+        "",
+        "| " + " | ".join(HEADERS) + " |",
+        "|" + "---|" * len(HEADERS),
+    ]
+    lines += ["| " + " | ".join(r) + " |" for r in rows(report)]
+    lines += ["", "| ratio (baseline / result) | value |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in ratios(report).items()]
+    env = report.get("environment", {})
+    lines += ["", "Environment: " + ", ".join(f"{k} {v}" for k, v in env.items()), ""]
+    return "\n".join(lines)
+
+
+def print_table(report: dict[str, Any], console: Console | None = None) -> None:
+    """Print the before/after table and ratios to the terminal."""
+    console = console or Console()
+    table = Table(
+        title=f"slimkit: {report['task'].get('data')} "
+        f"({report['task'].get('metric')}, {report['task'].get('split')})"
+    )
+    for header in HEADERS:
+        table.add_column(header, justify="left" if header == "model" else "right")
+    for row in rows(report):
+        table.add_row(*row)
+    console.print(table)
+    for label, value in ratios(report).items():
+        console.print(f"  {label}: [bold]{value}[/bold]")
+
+
+def _stage_label(stage: dict[str, Any]) -> str:
+    name, kind = stage.get("name", "?"), stage.get("kind", "?")
+    return f"  {name}" if name == kind else f"  {name} ({kind})"
+
+
+def _row(label: str, m: dict[str, Any]) -> list[str]:
+    cells = [label]
+    for key in COLUMNS:
+        value = _latency(m, key) if key.startswith(("torch_", "ort_")) else m.get(key)
+        cells.append(_fmt(value))
+    return cells
+
+
+def _latency(m: dict[str, Any], key: str) -> float | None:
+    return (m.get("latency_ms") or {}).get(key)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4f}" if value < 10 else f"{value:,.1f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)

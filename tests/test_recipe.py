@@ -1,0 +1,138 @@
+import json
+
+import pytest
+
+from slimkit.errors import SlimkitError
+from slimkit.recipe import STAGES, Recipe, run_recipe
+from slimkit.recipe.stage import Stage
+
+BASE = {"model": {"name": "mlp", "kwargs": {"hidden": [32]}}, "data": {"name": "digits"}}
+
+
+def recipe(*stages, **extra):
+    return Recipe.from_dict({**BASE, "stages": list(stages), **extra})
+
+
+def test_valid_recipe_fills_defaults():
+    r = recipe({"kind": "train", "epochs": 2}, {"kind": "export"})
+    assert r.stages[0].config.optimizer == "adam"
+    assert r.stages[1].config.format == "onnx"
+    assert [s.name for s in r.stages] == ["train", "export"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (
+            {**BASE, "stages": [{"kind": "train", "epocs": 2}]},
+            "stages\\[0\\] \\(train\\): unknown key 'epocs'",
+        ),
+        ({**BASE, "stages": [{"kind": "trian"}]}, "unknown stage 'trian'; known: .*train"),
+        ({**BASE, "stages": [{"epochs": 2}]}, "stages\\[0\\] needs a 'kind'"),
+        ({**BASE, "stages": []}, "non-empty list"),
+        ({**BASE, "stagez": [], "stages": [{"kind": "train"}]}, "unknown key 'stagez'"),
+        (
+            {
+                "model": {"name": "mlp", "path": "x"},
+                "data": {"name": "digits"},
+                "stages": [{"kind": "train"}],
+            },
+            "exactly one of",
+        ),
+        ({**BASE, "stages": [{"kind": "train", "lr": -1}]}, "lr"),
+        ({**BASE, "stages": [{"kind": "train"}, {"kind": "train"}]}, "two stages are named"),
+        ({**BASE, "stages": [{"kind": "export", "format": "zip"}]}, "unknown format 'zip'"),
+    ],
+)
+def test_recipe_errors_name_the_problem(raw, message):
+    with pytest.raises(SlimkitError, match=message):
+        Recipe.from_dict(raw)
+
+
+def test_recipe_file_paths_resolve_against_recipe(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text(
+        "model: {path: model.safetensors}\ndata: {name: csv, dir: data.csv}\n"
+        "stages: [{kind: train}]\n"
+    )
+    r = Recipe.from_file(path)
+    assert r.model.path == str(tmp_path / "model.safetensors")
+    assert r.data.dir == str(tmp_path / "data.csv")
+
+
+def test_yaml_is_never_executed(tmp_path):
+    path = tmp_path / "evil.yaml"
+    path.write_text("!!python/object/apply:os.system ['touch pwned']\n")
+    with pytest.raises(SlimkitError, match="not valid YAML"):
+        Recipe.from_file(path)
+
+
+def test_pipeline_writes_report_and_checkpoints(tmp_path):
+    out = tmp_path / "out"
+    report = run_recipe(
+        recipe({"kind": "train", "epochs": 3, "lr": 3e-3}, {"kind": "export"}), out, quiet=True
+    )
+    assert report["result"]["metric"] > 0.85
+    assert report["baseline"]["size_bytes"] == 4 * report["baseline"]["params"]
+    assert report["result"]["artifact"] == "stages/02-export/model.onnx"
+    assert report["stages"][1]["parity"]["top1_agreement"] == 1.0
+    for name in (
+        "report.json",
+        "report.md",
+        "metric_vs_size.png",
+        "layers.png",
+        "baseline.safetensors",
+        "stages/01-train/stage.json",
+    ):
+        assert (out / name).exists(), name
+    assert json.loads((out / "report.json").read_text())["task"]["data"] == "digits"
+
+
+def test_existing_output_needs_force(tmp_path):
+    (tmp_path / "out").mkdir()
+    with pytest.raises(SlimkitError, match="--force"):
+        run_recipe(recipe({"kind": "train", "epochs": 1}), tmp_path / "out", quiet=True)
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resume_skips_finished_stages(tmp_path, monkeypatch):
+    """A run killed in its third stage resumes there, without re-running the first two."""
+    calls = []
+
+    @STAGES.register("flaky-test-stage")
+    class Flaky(Stage):
+        Config = STAGES.get("finetune").Config
+
+        def run(self, model, ctx):
+            calls.append(ctx.stage_dir.name)
+            if len(calls) == 1:
+                raise Interrupt
+            return model
+
+    try:
+        r = recipe(
+            {"kind": "train", "epochs": 1},
+            {"kind": "finetune", "epochs": 1},
+            {"kind": "flaky-test-stage"},
+        )
+        out = tmp_path / "out"
+        with pytest.raises(Interrupt):
+            run_recipe(r, out, quiet=True)
+        first = (out / "stages/01-train/stage.json").stat().st_mtime_ns
+        assert not (out / "report.json").exists()
+        report = run_recipe(r, out, resume=True, quiet=True)
+        assert (out / "stages/01-train/stage.json").stat().st_mtime_ns == first
+        assert calls == ["03-flaky-test-stage", "03-flaky-test-stage"]
+        assert len(report["stages"]) == 3
+    finally:
+        STAGES._items.pop("flaky-test-stage")
+
+
+def test_resume_refuses_a_different_recipe(tmp_path):
+    out = tmp_path / "out"
+    run_recipe(recipe({"kind": "train", "epochs": 1}), out, quiet=True)
+    with pytest.raises(SlimkitError, match="different recipe"):
+        run_recipe(recipe({"kind": "train", "epochs": 2}), out, resume=True, quiet=True)
