@@ -138,6 +138,7 @@ def export(
     force: Force = False,
 ) -> None:
     """Export a model to a deployable file."""
+    from slimkit import stages  # noqa: F401  (modules that register export formats)
     from slimkit.export import FORMATS
     from slimkit.export import export as export_model
     from slimkit.io import check_output

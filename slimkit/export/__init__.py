@@ -12,6 +12,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
+from slimkit.archive import save_slim
 from slimkit.errors import SlimkitError
 from slimkit.measure import export_onnx, onnx_parity
 from slimkit.recipe.stage import STAGES, Stage, StageContext
@@ -21,6 +22,7 @@ Writer = Callable[[nn.Module, Path, Sequence[int]], Path]
 FORMATS: Registry[Writer] = Registry("export format")
 
 FORMATS.register("onnx")(export_onnx)
+FORMATS.register("slim")(save_slim)
 
 
 def export(

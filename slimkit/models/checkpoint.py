@@ -96,12 +96,14 @@ def load_checkpoint(path: str | Path, *, allow_import: bool = False) -> nn.Modul
 
 
 def sniff(path: Path) -> str:
-    """Tell a file's kind from its bytes: safetensors, torchscript, pickle, onnx or unknown."""
+    """Tell a file's kind from its bytes: safetensors, slim, torchscript, pickle, onnx, unknown."""
     with path.open("rb") as handle:
         head = handle.read(16)
     header_len = int.from_bytes(head[:8], "little") if len(head) >= 9 else 0
     if head[8:9] == b"{" and 0 < header_len < path.stat().st_size:
         return "safetensors"
+    if head[:8] == b"SLIMKIT\x00":
+        return "slim"
     if head[:1] == b"\x80" or head[:2] in (b"(d", b"(l"):
         return "pickle"
     if head[:4] == b"PK\x03\x04":

@@ -42,7 +42,8 @@ def load_model(source: str | Path, *, allow_import: bool = False) -> nn.Module:
     Pickled files (``torch.save`` output) are refused: unpickling runs arbitrary code.
 
     Args:
-        source: A ``.safetensors`` checkpoint, a TorchScript ``.pt``, an ``.onnx`` file, or
+        source: A ``.safetensors`` checkpoint, a ``.slim`` archive, a TorchScript ``.pt``, an
+            ``.onnx`` file, or
             ``package.module:factory`` (called with no arguments).
         allow_import: Allow a checkpoint whose spec names a ``package.module:factory``.
 
@@ -64,6 +65,10 @@ def load_model(source: str | Path, *, allow_import: bool = False) -> nn.Module:
     kind = sniff(path)
     if kind == "safetensors":
         return load_checkpoint(path, allow_import=allow_import)
+    if kind == "slim":
+        from slimkit.archive import load_slim  # the archive builds on models, not the reverse
+
+        return load_slim(path)
     if kind == "torchscript":
         try:
             return torch.jit.load(str(path), map_location="cpu").eval()

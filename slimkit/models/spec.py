@@ -121,11 +121,19 @@ def model_from_spec(spec: ModelSpec, *, allow_import: bool = False) -> nn.Module
         spec.name, spec.input_shape, spec.num_classes, allow_import=allow_import, **spec.kwargs
     )
     modules = dict(model.named_modules())
+    expansions: dict[str, dict[int, dict[str, Any]]] = {}
     for name, config in spec.layers.items():
-        if name not in modules:
+        if name in modules:
+            if layer_config(modules[name]) != config:
+                _replace(model, name, make_layer(config))
+            continue
+        # a layer that became a sequence of layers (low-rank factorization): "fc" -> "fc.0", "fc.1"
+        parent, _, child = name.rpartition(".")
+        if type(modules.get(parent)) not in LAYER_ARGS or not child.isdigit():
             raise SlimkitError(f"checkpoint names layer {name!r}, which {spec.name} does not have")
-        if layer_config(modules[name]) != config:
-            _replace(model, name, make_layer(config))
+        expansions.setdefault(parent, {})[int(child)] = config
+    for parent, children in expansions.items():
+        _replace(model, parent, nn.Sequential(*(make_layer(children[i]) for i in sorted(children))))
     setattr(model, SPEC_ATTR, spec.model_copy(update={"layers": {}}))
     return model
 
