@@ -4,7 +4,7 @@ The Python API runs the same steps as the command line, one call at a time:
 
     >>> import slimkit
     >>> data = slimkit.load_data("digits")
-    >>> model = slimkit.build_model("cnn-small", data.input_shape, data.num_classes)
+    >>> model = slimkit.build_model("mlp", data.input_shape, data.num_classes)
     >>> _ = slimkit.fit(model, data, slimkit.TrainConfig(epochs=1), quiet=True)
     >>> 0.0 <= slimkit.evaluate(model, data.test) <= 1.0
     True

@@ -46,7 +46,7 @@ def choose_rank(singular: torch.Tensor, rank: int | None, energy: float | None) 
     """The rank to keep: ``rank`` capped at the matrix rank, or the smallest reaching ``energy``.
 
     Example:
-        >>> choose_rank(torch.tensor([3.0, 1.0, 0.1]), None, 0.9)
+        >>> choose_rank(torch.tensor([3.0, 1.0, 0.1]), None, 0.85)
         1
     """
     if rank is not None:
