@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only: no display is needed or assumed
 import matplotlib.pyplot as plt
+from matplotlib.ticker import FuncFormatter
 from torch import nn
 
 from slimkit.io import atomic_path
@@ -35,29 +36,40 @@ def layer_stats(model: nn.Module) -> list[dict[str, Any]]:
 
 
 def metric_vs_size(report: dict[str, Any], path: Path) -> Path:
-    """Metric against bytes on disk for the baseline, every stage and the result."""
-    points = [("baseline", report["baseline"])]
-    points += [(s["name"], s) for s in report.get("stages", []) if s.get("size_bytes")]
-    points += [(p.get("name", "peer"), p) for p in report.get("peers", []) if p.get("size_bytes")]
-    points.append(("result", report["result"]))
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for label, m in points:
-        if m.get("metric") is None:
-            continue
-        ax.scatter(m["size_bytes"] / 1024, m["metric"], s=40)
-        ax.annotate(
-            label,
-            (m["size_bytes"] / 1024, m["metric"]),
-            textcoords="offset points",
-            xytext=(4, 4),
-            fontsize=8,
-        )
-    ax.set_xscale("log")
-    ax.set_xlabel("size on disk (KiB, log scale)")
+    """Metric against bytes on disk: the path from baseline through each stage, and the peers."""
+    path_points = [("baseline", report["baseline"])]
+    path_points += [(s["name"], s) for s in report.get("stages", []) if s.get("size_bytes")]
+    path_points.append(("result", report["result"]))
+    peers = [(p.get("name", "peer"), p) for p in report.get("peers", []) if p.get("size_bytes")]
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    xs = [m["size_bytes"] / 1024 for _, m in path_points if m.get("metric") is not None]
+    ys = [m["metric"] for _, m in path_points if m.get("metric") is not None]
+    ax.plot(xs, ys, "-o", color="#2e86de", label="slimkit stages")
+    if peers:
+        ax.plot([m["size_bytes"] / 1024 for _, m in peers], [m["metric"] for _, m in peers],
+                "x", color="#e15f41", markersize=9, label="peers")
+    for (x, y), label in _merged_labels(path_points + peers).items():
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    sizes = xs + [m["size_bytes"] / 1024 for _, m in peers]
+    if max(sizes) / max(min(sizes), 1e-9) > 8:
+        ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 10 else f"{v:.1f}"))
+    ax.set_xlabel("size on disk (KiB)")
     ax.set_ylabel(report["task"].get("metric", "metric"))
     ax.set_title("Metric vs size")
     ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
     return _save(fig, path)
+
+
+def _merged_labels(points: list[tuple[str, dict[str, Any]]]) -> dict[tuple[float, float], str]:
+    """One label per position, joining the names of points that coincide."""
+    labels: dict[tuple[float, float], list[str]] = {}
+    for name, m in points:
+        if m.get("metric") is not None:
+            key = (round(m["size_bytes"] / 1024, 3), round(m["metric"], 6))
+            labels.setdefault(key, []).append(name)
+    return {key: " / ".join(names) for key, names in labels.items()}
 
 
 def layer_sparsity(stats: list[dict[str, Any]], path: Path) -> Path:
