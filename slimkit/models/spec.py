@@ -21,33 +21,16 @@ from slimkit.models.registry import MODELS
 
 SPEC_ATTR = "_slimkit_spec"
 
+_CONV = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups",
+         "bias", "padding_mode")  # fmt: skip
+_NORM = ("num_features", "eps", "momentum", "affine", "track_running_stats")
 # Leaf layers whose shape a spec records, with the constructor arguments that define them.
 LAYER_ARGS: dict[type[nn.Module], tuple[str, ...]] = {
     nn.Linear: ("in_features", "out_features", "bias"),
-    nn.Conv1d: (
-        "in_channels",
-        "out_channels",
-        "kernel_size",
-        "stride",
-        "padding",
-        "dilation",
-        "groups",
-        "bias",
-        "padding_mode",
-    ),
-    nn.Conv2d: (
-        "in_channels",
-        "out_channels",
-        "kernel_size",
-        "stride",
-        "padding",
-        "dilation",
-        "groups",
-        "bias",
-        "padding_mode",
-    ),
-    nn.BatchNorm1d: ("num_features", "eps", "momentum", "affine", "track_running_stats"),
-    nn.BatchNorm2d: ("num_features", "eps", "momentum", "affine", "track_running_stats"),
+    nn.Conv1d: _CONV,
+    nn.Conv2d: _CONV,
+    nn.BatchNorm1d: _NORM,
+    nn.BatchNorm2d: _NORM,
     nn.LayerNorm: ("normalized_shape", "eps", "elementwise_affine", "bias"),
     nn.Embedding: ("num_embeddings", "embedding_dim", "padding_idx"),
 }
