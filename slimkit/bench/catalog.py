@@ -1,1 +1,10 @@
 """Imports every benchmark module so the benchmark registry is complete (one line each)."""
+
+import importlib
+
+BENCHMARK_MODULES = (
+    "slimkit.bench.kd_mnist",  # kd-mnist
+)
+
+for _module in BENCHMARK_MODULES:
+    importlib.import_module(_module)
