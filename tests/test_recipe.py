@@ -53,11 +53,12 @@ def test_recipe_file_paths_resolve_against_recipe(tmp_path):
     path = tmp_path / "r.yaml"
     path.write_text(
         "model: {path: model.safetensors}\ndata: {name: csv, dir: data.csv}\n"
-        "stages: [{kind: train}]\n"
+        "stages: [{kind: train}, {kind: distill, teacher: t.safetensors}]\n"
     )
     r = Recipe.from_file(path)
     assert r.model.path == str(tmp_path / "model.safetensors")
     assert r.data.dir == str(tmp_path / "data.csv")
+    assert r.stages[1].config.teacher == str(tmp_path / "t.safetensors")
 
 
 def test_yaml_is_never_executed(tmp_path):

@@ -15,14 +15,17 @@ from slimkit.recipe.stage import STAGES, Stage, StageContext
 
 
 class DistillStageConfig(DistillConfig):
-    """Distillation settings plus the teacher's file (absolute, or relative to the current folder).
+    """Distillation settings plus the teacher's file (in a recipe file, relative to its folder).
 
     Example:
         >>> DistillStageConfig(teacher="teacher.safetensors", temperature=20).alpha
         0.9
     """
 
-    teacher: str = Field(description="teacher model file or Hugging Face folder")
+    teacher: str = Field(
+        description="teacher model file or Hugging Face folder",
+        json_schema_extra={"path": True},  # recipes resolve it against the recipe's folder
+    )
 
 
 @STAGES.register("distill")

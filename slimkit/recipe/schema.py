@@ -117,7 +117,20 @@ class Recipe(BaseModel):
             model = model.model_copy(update={"path": str(base / model.path)})
         if data.dir is not None:
             data = data.model_copy(update={"dir": str(base / data.dir)})
-        return self.model_copy(update={"model": model, "data": data})
+        stages = [s.model_copy(update={"config": _resolve_paths(s.config, base)})
+                  for s in self.stages]  # fmt: skip
+        return self.model_copy(update={"model": model, "data": data, "stages": stages})
+
+
+def _resolve_paths(config: BaseModel, base: Path) -> BaseModel:
+    """Resolve the stage settings marked ``json_schema_extra={"path": True}`` against ``base``."""
+    updates = {}
+    for name, field in type(config).model_fields.items():
+        value = getattr(config, name)
+        marked = isinstance(field.json_schema_extra, dict) and field.json_schema_extra.get("path")
+        if marked and isinstance(value, str):
+            updates[name] = str(base / value)  # an absolute value stays as it is
+    return config.model_copy(update=updates)
 
 
 def _stage(item: Any, index: int) -> dict[str, Any]:
