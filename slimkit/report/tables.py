@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 COLUMNS = ("metric", "params", "nonzero_params", "macs", "size_bytes", "ort_b1", "ort_b64")
-HEADERS = ("model", "metric", "params", "non-zero", "MACs", "bytes", "ORT b1 ms", "ORT b64 ms")
+HEADERS = ("model", "metric", "params", "nonzero", "MACs", "bytes", "ORT b1 ms", "ORT b64 ms")
 
 
 def rows(report: dict[str, Any]) -> list[list[str]]:
@@ -68,7 +68,8 @@ def print_table(report: dict[str, Any], console: Console | None = None) -> None:
         f"({report['task'].get('metric')}, {report['task'].get('split')})"
     )
     for header in HEADERS:
-        table.add_column(header, justify="left" if header == "model" else "right")
+        table.add_column(header, justify="left" if header == "model" else "right",
+                         no_wrap=header == "model")
     for row in rows(report):
         table.add_row(*row)
     console.print(table)
