@@ -8,6 +8,7 @@ import importlib
 STAGE_MODULES = (
     "slimkit.train.stages",  # train, finetune
     "slimkit.export",  # export
+    "slimkit.prune.stage",  # prune
     "slimkit.distill.stage",  # distill
     "slimkit.cluster.stage",  # cluster
     "slimkit.lowrank.stage",  # factorize

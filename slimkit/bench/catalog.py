@@ -3,6 +3,8 @@
 import importlib
 
 BENCHMARK_MODULES = (
+    "slimkit.bench.prune_lenet",  # prune-lenet300, prune-lenet5
+    "slimkit.bench.structured_resnet20",  # structured-resnet20
     "slimkit.bench.kd_mnist",  # kd-mnist
 )
 
