@@ -6,6 +6,7 @@ BENCHMARK_MODULES = (
     "slimkit.bench.prune_lenet",  # prune-lenet300, prune-lenet5
     "slimkit.bench.structured_resnet20",  # structured-resnet20
     "slimkit.bench.kd_mnist",  # kd-mnist
+    "slimkit.bench.deep_compression",  # deep-compression-lenet300, deep-compression-lenet5
 )
 
 for _module in BENCHMARK_MODULES:

@@ -53,7 +53,8 @@ SETTINGS: dict[str, dict[str, Any]] = {
 AIM = 20.0  # fewer non-zero parameters than the dense model (required: 12)
 
 
-def _baseline(ctx: BenchContext, data: Dataset, settings: dict[str, Any]) -> nn.Module:
+def baseline_model(ctx: BenchContext, data: Dataset, settings: dict[str, Any]) -> nn.Module:
+    """The dense baseline trained with ``settings["train"]``, from the cache when it is there."""
     key = {"name": settings["model"], "train": settings["train"], "seed": ctx.seed, "data": "mnist"}
 
     def make() -> nn.Module:
@@ -77,6 +78,18 @@ def _retrain(settings: dict[str, Any], seed: int) -> TrainConfig:
     train = dict(settings["train"])
     train.update(lr=train["lr"] / 10, epochs=settings["retrain_epochs"], seed=seed)
     return TrainConfig(**train)
+
+
+def prune_config(
+    baseline: nn.Module, settings: dict[str, Any], seed: int, ratio: float
+) -> PruneConfig:
+    """Sensitivity-allocated gradual pruning to ``ratio`` times fewer non-zero parameters, with
+    Han et al.'s retraining at a tenth of the learning rate."""
+    sparsity = _sparsity_for(baseline, select_layers(baseline), ratio)
+    return PruneConfig(
+        sparsity=round(sparsity, 6), allocation="sensitivity", schedule="gradual",
+        frequency=50, end_fraction=0.6, retrain=_retrain(settings, seed),
+    )  # fmt: skip
 
 
 def _peer(baseline: nn.Module, data: Dataset, sparsity: float, retrain: TrainConfig) -> nn.Module:
@@ -105,14 +118,10 @@ def _run(ctx: BenchContext, name: str) -> dict[str, Any]:
     settings, start = SETTINGS[name], time.perf_counter()
     data = load_data("mnist", ctx.data_path("mnist"), seed=ctx.seed)
     seconds: dict[str, float] = {}
-    baseline = _baseline(ctx, data, settings)
+    baseline = baseline_model(ctx, data, settings)
     seconds["baseline"] = round(time.perf_counter() - start, 1)
-    sparsity = _sparsity_for(baseline, select_layers(baseline), AIM)
-    retrain = _retrain(settings, ctx.seed)
-    config = PruneConfig(
-        sparsity=round(sparsity, 6), allocation="sensitivity", schedule="gradual",
-        frequency=50, end_fraction=0.6, retrain=retrain,
-    )  # fmt: skip
+    config = prune_config(baseline, settings, ctx.seed, AIM)
+    sparsity, retrain = config.sparsity, config.retrain
     seed_everything(ctx.seed)
     model = copy.deepcopy(baseline)
     tick = time.perf_counter()
@@ -189,4 +198,4 @@ def lenet5(ctx: BenchContext) -> dict[str, Any]:
     return _run(ctx, "prune-lenet5")
 
 
-__all__ = ["SETTINGS", "lenet5", "lenet300"]
+__all__ = ["SETTINGS", "baseline_model", "lenet5", "lenet300", "prune_config"]
