@@ -137,3 +137,10 @@ def test_resume_refuses_a_different_recipe(tmp_path):
     run_recipe(recipe({"kind": "train", "epochs": 1}), out, quiet=True)
     with pytest.raises(SlimkitError, match="different recipe"):
         run_recipe(recipe({"kind": "train", "epochs": 2}), out, resume=True, quiet=True)
+
+
+def test_demo_recipe_is_valid():
+    from slimkit.cli import DEMO_RECIPE
+
+    kinds = [stage.kind for stage in Recipe.from_file(DEMO_RECIPE).stages]
+    assert kinds[0] == "train" and "prune" in kinds and kinds[-1] == "export"
