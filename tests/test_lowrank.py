@@ -15,7 +15,7 @@ def test_reconstruction_error_falls_with_rank():
     x = torch.eye(60)
     errors = []
     for rank in (1, 5, 20, 40):
-        approx = factorize_layer(fc, rank)(x).T  # the reconstructed weight matrix
+        approx = factorize_layer(fc, rank)(x).T.detach()  # the reconstructed weight matrix
         weight = fc.weight.detach()
         err = float((approx - weight).norm() / weight.norm())
         assert err == pytest.approx(rank_error(fc.weight.detach(), rank), abs=1e-4)

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from slimkit.errors import SlimkitError
+from slimkit.layers import select_layers
 from slimkit.measure import count_nonzero, export_onnx, onnx_parity
 from slimkit.models import build_model, load_checkpoint, save_checkpoint
 from slimkit.prune import (
@@ -24,7 +25,6 @@ from slimkit.prune import (
     sensitivity,
     structured_prune,
 )
-from slimkit.prune.select import select_layers
 from slimkit.train import TrainConfig, fit
 
 

@@ -24,10 +24,10 @@ from torch.nn.utils import prune as torch_prune
 
 from slimkit.bench import BENCHMARKS, BenchContext
 from slimkit.data import Dataset, load_data
+from slimkit.layers import select_layers
 from slimkit.measure import count_nonzero, count_params, measure
 from slimkit.models import build_model, save_checkpoint
 from slimkit.prune import PruneConfig, plot_sensitivity, prune
-from slimkit.prune.select import select_layers
 from slimkit.report import build_report
 from slimkit.train import TrainConfig, fit, seed_everything
 

@@ -55,7 +55,7 @@ def cluster(model: nn.Module, config: ClusterConfig | None = None) -> nn.Module:
     for value in config.layer_bits.values():
         if not 1 <= value <= 8:
             raise SlimkitError(f"layer_bits values must be in 1..8, got {value}")
-    for name, layer in select_layers(model, config.layers).items():
+    for name, layer in select_layers(model, config.layers or ("*",)).items():
         if parametrize.is_parametrized(layer, "weight"):
             if any(isinstance(p, SharedWeight) for p in layer.parametrizations.weight):
                 raise SlimkitError(f"layer {name!r} is already clustered")

@@ -112,9 +112,10 @@ def factorize(model: nn.Module, config: FactorizeConfig) -> dict[str, dict[str, 
         20
     """
     done = {}
-    for name, layer in select_layers(model, config.layers).items():
-        if (isinstance(layer, nn.Conv2d) and layer.groups != 1) or isinstance(layer, nn.Conv1d):
-            continue
+    layers = select_layers(model, config.layers or ("*",), types=("Linear", "Conv2d"))
+    for name, layer in layers.items():
+        if isinstance(layer, nn.Conv2d) and layer.groups != 1:
+            continue  # grouped and depthwise convolutions are left whole
         matrix = layer.weight.detach().reshape(layer.weight.shape[0], -1)
         rank = choose_rank(torch.linalg.svdvals(matrix), config.rank, config.energy)
         before = matrix.numel()

@@ -12,12 +12,12 @@ Example:
     0.8
 """
 
+from slimkit.layers import select_layers
 from slimkit.prune.api import PruneResult, prune
 from slimkit.prune.config import PruneConfig
 from slimkit.prune.magnitude import global_masks, layer_masks, magnitude_prune, threshold_masks
 from slimkit.prune.masks import WeightMask, finalize, mask_of, set_mask, sparsity
 from slimkit.prune.schedule import GradualPruner, agp_sparsity, iterative_sparsities
-from slimkit.prune.select import select_layers
 from slimkit.prune.sensitivity import allocate, plot_sensitivity, sensitivity
 from slimkit.prune.structured import dependency_graph, structured_prune
 

@@ -14,12 +14,12 @@ from torch import nn
 
 from slimkit.data import Dataset
 from slimkit.errors import SlimkitError
+from slimkit.layers import matches, select_layers
 from slimkit.models.spec import SPEC_ATTR
 from slimkit.prune.config import PruneConfig
 from slimkit.prune.magnitude import magnitude_prune
 from slimkit.prune.masks import effective_weight, finalize
 from slimkit.prune.schedule import GradualPruner, scaled
-from slimkit.prune.select import matches, select_layers
 from slimkit.prune.sensitivity import Curves, allocate, sensitivity
 from slimkit.prune.structured import structured_prune
 from slimkit.train import TrainConfig, fit

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from slimkit.prune.select import DEFAULT_TYPES, check_pattern
+from slimkit.layers import DEFAULT_TYPES, check_pattern
 from slimkit.train.config import TrainConfig
 
 LayerType = Literal["Linear", "Conv1d", "Conv2d", "Conv3d"]

@@ -123,7 +123,7 @@ def magnitude_prune(
 
     Example:
         >>> from slimkit.models import build_model
-        >>> from slimkit.prune.select import select_layers
+        >>> from slimkit.layers import select_layers
         >>> layers = select_layers(build_model("lenet300", (1, 28, 28), 10))
         >>> masks = magnitude_prune(layers, 0.9)
         >>> round(1 - sum(m.sum() for m in masks.values()).item() / 266200, 3)

@@ -71,7 +71,7 @@ class GradualPruner:
 
     Example:
         >>> from slimkit.models import build_model
-        >>> from slimkit.prune.select import select_layers
+        >>> from slimkit.layers import select_layers
         >>> layers = select_layers(build_model("lenet300", (1, 8, 8), 10))
         >>> hook = GradualPruner(layers, 0.8, n=2, every=5)
         >>> hook(10); round(hook.current, 2)

@@ -39,7 +39,7 @@ def sensitivity(
     Example:
         >>> from slimkit.data import load_data
         >>> from slimkit.models import build_model
-        >>> from slimkit.prune.select import select_layers
+        >>> from slimkit.layers import select_layers
         >>> data = load_data("digits")
         >>> model = build_model("lenet300", data.input_shape, 10)
         >>> curves = sensitivity(select_layers(model), model, data.val, [0.0, 0.5])

@@ -46,8 +46,14 @@ def metric_vs_size(report: dict[str, Any], path: Path) -> Path:
     ys = [m["metric"] for _, m in path_points if m.get("metric") is not None]
     ax.plot(xs, ys, "-o", color="#2e86de", label="slimkit stages")
     if peers:
-        ax.plot([m["size_bytes"] / 1024 for _, m in peers], [m["metric"] for _, m in peers],
-                "x", color="#e15f41", markersize=9, label="peers")
+        ax.plot(
+            [m["size_bytes"] / 1024 for _, m in peers],
+            [m["metric"] for _, m in peers],
+            "x",
+            color="#e15f41",
+            markersize=9,
+            label="peers",
+        )
     for (x, y), label in _merged_labels(path_points + peers).items():
         ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
     sizes = xs + [m["size_bytes"] / 1024 for _, m in peers]

@@ -68,8 +68,9 @@ def print_table(report: dict[str, Any], console: Console | None = None) -> None:
         f"({report['task'].get('metric')}, {report['task'].get('split')})"
     )
     for header in HEADERS:
-        table.add_column(header, justify="left" if header == "model" else "right",
-                         no_wrap=header == "model")
+        table.add_column(
+            header, justify="left" if header == "model" else "right", no_wrap=header == "model"
+        )
     for row in rows(report):
         table.add_row(*row)
     console.print(table)

@@ -27,9 +27,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from slimkit.errors import SlimkitError
+from slimkit.layers import matches
 from slimkit.measure import count_macs
 from slimkit.measure._common import eval_mode, first_line
-from slimkit.prune.select import matches
 from slimkit.prune.structured.graph import DependencyGraph, Layout, Use, dependency_graph
 from slimkit.prune.structured.shrink import replace_module, shrink_channelwise, shrink_layer
 

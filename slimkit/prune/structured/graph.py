@@ -30,8 +30,8 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from slimkit.errors import SlimkitError
+from slimkit.layers import matches
 from slimkit.measure._common import eval_mode, root_cause
-from slimkit.prune.select import matches
 
 
 @dataclass(frozen=True)
