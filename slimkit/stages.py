@@ -9,6 +9,7 @@ STAGE_MODULES = (
     "slimkit.train.stages",  # train, finetune
     "slimkit.export",  # export
     "slimkit.prune.stage",  # prune
+    "slimkit.quant.stage",  # quantize
     "slimkit.distill.stage",  # distill
     "slimkit.cluster.stage",  # cluster
     "slimkit.lowrank.stage",  # factorize

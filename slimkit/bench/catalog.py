@@ -6,6 +6,8 @@ BENCHMARK_MODULES = (
     "slimkit.bench.prune_lenet",  # prune-lenet300, prune-lenet5
     "slimkit.bench.structured_resnet20",  # structured-resnet20
     "slimkit.bench.kd_mnist",  # kd-mnist
+    "slimkit.bench.ptq_lenet5",  # ptq-lenet5
+    "slimkit.bench.minilm_int8",  # minilm-int8
     "slimkit.bench.deep_compression",  # deep-compression-lenet300, deep-compression-lenet5
 )
 

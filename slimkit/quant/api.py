@@ -1,0 +1,256 @@
+"""One entry call, :func:`quantize`, for every mode, and the checkpoint factory that rebuilds a
+quantized model from its spec (so recipes checkpoint and resume quantized models too)."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from slimkit.data import Dataset
+from slimkit.errors import SlimkitError
+from slimkit.models import MODELS, ModelSpec, model_from_spec
+from slimkit.models.spec import SPEC_ATTR
+from slimkit.quant.config import QuantConfig, as_config
+from slimkit.quant.fake import ActFakeQuant, FakeQuant
+from slimkit.quant.observers import QScheme
+from slimkit.quant.prepare import META, calibrate, prepare_static
+
+FACTORY = "slimkit.quant:quantized_model"
+
+
+def quantize(
+    model: nn.Module,
+    config: QuantConfig | dict | None = None,
+    data: Dataset | torch.Tensor | list[torch.Tensor] | None = None,
+    **overrides: Any,
+) -> nn.Module:
+    """Quantize ``model`` as ``config`` says and return the fake-quantized PyTorch model.
+
+    The input model is left unchanged. The result evaluates like the int8 model will run;
+    :func:`slimkit.quant.export_int8` writes the ONNX file that ONNX Runtime runs on integer
+    kernels, and :func:`slimkit.quant.save_packed` the packed weight-only file.
+
+    Args:
+        model: A float model (zoo, checkpoint, or any ``nn.Module`` for dynamic/weight-only).
+        config: A :class:`QuantConfig`, a dict of its fields, or None for the defaults.
+        data: Calibration data for ``static``/``qat`` (a Dataset, whose training split is
+            used, a tensor of inputs, or a list of batches); ``qat`` and ``accuracy_budget``
+            need a Dataset.
+        **overrides: Fields of the config, e.g. ``mode="dynamic"``.
+
+    Example:
+        >>> from slimkit.data import load_data
+        >>> from slimkit.models import build_model
+        >>> data = load_data("digits")
+        >>> model = build_model("cnn-small", data.input_shape, data.num_classes)
+        >>> q = quantize(model, {"mode": "static", "calibration_batches": 2}, data)
+        >>> quant_info(q)["config"]["mode"]
+        'static'
+    """
+    cfg = as_config(config, **overrides)
+    check_finite(model)
+    if cfg.mode in ("static", "qat"):
+        return _static(model, cfg, data)
+    from slimkit.quant.dynamic import prepare_dynamic
+    from slimkit.quant.weight_only import prepare_weight_only
+
+    prepare = prepare_dynamic if cfg.mode == "dynamic" else prepare_weight_only
+    quantized = prepare(copy.deepcopy(model).eval(), cfg)
+    _remember(quantized, model, cfg, [])
+    return quantized
+
+
+def check_finite(model: nn.Module) -> None:
+    """Refuse a model with NaN or infinite weights, naming the first such tensor."""
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise SlimkitError(
+                f"weight {name!r} holds NaN or infinite values; quantization needs a finite "
+                "model (retrain it or restore a good checkpoint)"
+            )
+
+
+def weight_scheme(cfg: QuantConfig) -> QScheme:
+    """The weight grid: signed, symmetric, per output channel unless told otherwise.
+
+    With ``reduce_range`` the weights use 7 bits: on x86 CPUs without VNNI, ONNX Runtime's int8
+    kernels add pairs of u8 x s8 products in saturating 16-bit registers (vpmaddubsw), which
+    7-bit weights cannot overflow (ONNX Runtime's quantization guide, "reduce_range").
+    """
+    bits = cfg.weight_bits
+    if cfg.weight_bits == 8 and _reduce_range(cfg.reduce_range):
+        bits = 7
+    return QScheme(bits=bits, symmetric=True, signed=True, axis=0 if cfg.per_channel else None)
+
+
+def activation_scheme(cfg: QuantConfig) -> QScheme:
+    """The activation grid: unsigned, affine, per tensor (ONNX Runtime's u8 activations)."""
+    return QScheme(bits=cfg.activation_bits, symmetric=False, signed=False)
+
+
+def _reduce_range(setting: bool | str) -> bool:
+    if setting == "auto":
+        return cpu_needs_reduce_range()
+    return bool(setting)
+
+
+@functools.cache
+def cpu_needs_reduce_range() -> bool:
+    """True on x86 CPUs without VNNI/AMX, where 8-bit weights can saturate int8 kernels.
+
+    Example:
+        >>> isinstance(cpu_needs_reduce_range(), bool)
+        True
+    """
+    if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return True  # unknown x86: the safe choice
+    return not any(flag in flags for flag in ("avx512_vnni", "avx_vnni", "amx_int8"))
+
+
+def calibration_batches(
+    data: Dataset | torch.Tensor | list[torch.Tensor] | None, cfg: QuantConfig
+) -> list[torch.Tensor]:
+    """The first ``calibration_batches`` batches of real inputs, validated."""
+    if data is None:
+        raise SlimkitError(
+            f"mode {cfg.mode!r} needs calibration data: pass a Dataset or input batches"
+        )
+    if isinstance(data, Dataset):
+        x = data.train.x
+        if not isinstance(x, torch.Tensor):
+            raise SlimkitError(
+                "static quantization calibrates on tensors; this data set holds text "
+                "(use mode 'dynamic' for text models)"
+            )
+        data = x
+    if isinstance(data, torch.Tensor):
+        data = [data[i : i + cfg.batch_size] for i in range(0, len(data), cfg.batch_size)]
+    batches = [b for b in data if isinstance(b, torch.Tensor) and len(b) > 0]
+    batches = batches[: cfg.calibration_batches]
+    if not batches:
+        raise SlimkitError("calibration data is empty; give at least one batch of real inputs")
+    return [b.float() for b in batches]
+
+
+def _static(model: nn.Module, cfg: QuantConfig, data: Any) -> nn.Module:
+    batches = calibration_batches(data, cfg)
+    gm, plan = prepare_static(
+        model,
+        weight_scheme(cfg),
+        activation_scheme(cfg),
+        observer=cfg.observer,
+        weight_observer=cfg.weight_observer,
+        skip=cfg.skip,
+        quantize_output=cfg.quantize_output,
+        learn=cfg.mode == "qat" and cfg.lsq,
+        options={"percentile": cfg.percentile},
+    )
+    calibrate(gm, batches)
+    float_layers: list[str] = []
+    if cfg.mode == "qat":
+        from slimkit.quant.qat import train_qat
+
+        train_qat(gm, _dataset(data, "qat"), cfg)
+    if cfg.accuracy_budget is not None:
+        from slimkit.quant.mixed import keep_sensitive_float
+
+        float_layers = keep_sensitive_float(gm, plan, model, _dataset(data, "accuracy_budget"), cfg)
+    _remember(gm, model, cfg, float_layers, plan.folded)
+    return gm
+
+
+def _dataset(data: Any, what: str) -> Dataset:
+    if not isinstance(data, Dataset):
+        raise SlimkitError(f"{what} needs a Dataset (training and validation splits)")
+    return data
+
+
+def _remember(
+    quantized: nn.Module,
+    base: nn.Module,
+    cfg: QuantConfig,
+    float_layers: list[str],
+    folded: list | None = None,
+) -> None:
+    """Record what was done on the model, and a spec that rebuilds it from a checkpoint."""
+    meta = {"config": cfg.model_dump(), "float_layers": float_layers, "folded": folded or []}
+    setattr(quantized, META, meta)
+    spec = getattr(base, SPEC_ATTR, None)
+    if spec is None:
+        return  # a user's own model: exportable, but not a slimkit checkpoint
+    from slimkit.models import spec_of
+
+    base_spec = spec_of(base)
+    setattr(
+        quantized,
+        SPEC_ATTR,
+        ModelSpec(
+            name=FACTORY,
+            input_shape=base_spec.input_shape,
+            num_classes=base_spec.num_classes,
+            kwargs={
+                "base": base_spec.model_dump(),
+                "config": cfg.model_dump(),
+                "float_layers": float_layers,
+            },
+        ),
+    )
+
+
+@MODELS.register(FACTORY)
+def quantized_model(
+    input_shape: list[int],
+    num_classes: int,
+    base: dict[str, Any],
+    config: dict[str, Any],
+    float_layers: list[str] | None = None,
+) -> nn.Module:
+    """Rebuild the structure of a quantized model (quantizers included) for loading weights.
+
+    Checkpoints of quantized models name this factory; :func:`slimkit.load_model` calls it, and
+    the checkpoint's tensors then fill in weights, scales and zero points.
+    """
+    del input_shape, num_classes  # recorded in ``base``
+    cfg = QuantConfig(**config)
+    model = model_from_spec(ModelSpec(**base))
+    if cfg.mode in ("static", "qat"):
+        gm, _ = prepare_static(
+            model,
+            weight_scheme(cfg),
+            activation_scheme(cfg),
+            skip=cfg.skip,
+            quantize_output=cfg.quantize_output,
+            learn=cfg.mode == "qat" and cfg.lsq,
+        )
+        for q in gm.modules():
+            if isinstance(q, ActFakeQuant):
+                q.mode, q.observer = "quant", None
+        if float_layers:
+            from slimkit.quant.mixed import set_float
+
+            set_float(gm, float_layers)
+        quantized = gm
+    else:
+        quantized = quantize(model, cfg)
+    _remember(quantized, model, cfg, float_layers or [])
+    return quantized
+
+
+def quantizers(model: nn.Module) -> list[FakeQuant]:
+    """Every fake-quantizer in ``model`` (weights and activations)."""
+    return [m for m in model.modules() if isinstance(m, FakeQuant)]
+
+
+def quant_info(model: nn.Module) -> dict[str, Any] | None:
+    """What :func:`quantize` did to ``model`` (mode, settings, float layers), or None."""
+    return getattr(model, META, None)

@@ -1,0 +1,235 @@
+"""Dynamic quantization: int8 weights, activations quantized at run time from their own range.
+
+Suited to Linear-heavy models and transformers, whose activation ranges vary from input to input
+(no calibration data needed). In PyTorch each Linear gets an int8 per-channel weight
+parametrization and a :class:`~slimkit.quant.fake.DynamicActFakeQuant` on its input; in ONNX each
+MatMul/Gemm with a constant weight becomes ONNX Runtime's ``DynamicQuantizeMatMul`` (u8
+activations quantized per call, s8 weights, the same scales as the PyTorch model).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from slimkit.errors import SlimkitError
+from slimkit.io import atomic_path
+from slimkit.quant.config import QuantConfig
+from slimkit.quant.fake import DynamicActFakeQuant, WeightFakeQuant
+from slimkit.quant.observers import QScheme, make_observer
+
+MS_DOMAIN = "com.microsoft"
+
+
+def _skipped(name: str, patterns: list[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def _quant_input(module: nn.Module, args: tuple) -> tuple:
+    return (module.input_quant(args[0]), *args[1:])
+
+
+def prepare_dynamic(model: nn.Module, cfg: QuantConfig) -> nn.Module:
+    """Give every Linear (except ``cfg.skip``) int8 weights and run-time input quantization.
+
+    Convolutions stay float (ONNX Runtime quantizes MatMul/Gemm dynamically); a warning-free
+    choice, since dynamic quantization targets Linear-heavy models.
+
+    Example:
+        >>> from slimkit.quant.config import QuantConfig
+        >>> net = prepare_dynamic(nn.Sequential(nn.Linear(4, 3)), QuantConfig(mode="dynamic"))
+        >>> net(torch.ones(2, 4)).shape
+        torch.Size([2, 3])
+    """
+    from slimkit.quant.api import weight_scheme
+
+    scheme = weight_scheme(cfg)
+    count = 0
+    for name, layer in list(model.named_modules()):
+        if not isinstance(layer, nn.Linear) or _skipped(name, cfg.skip):
+            continue
+        quant = WeightFakeQuant(scheme, cfg.weight_observer)
+        parametrize.register_parametrization(layer, "weight", quant)
+        quant.calibrate(layer.parametrizations.weight.original.detach())
+        quant.observer = None
+        layer.input_quant = DynamicActFakeQuant()
+        layer.register_forward_pre_hook(_quant_input)
+        count += 1
+    if count == 0:
+        raise SlimkitError("dynamic quantization found no Linear layer to quantize")
+    return model
+
+
+def weight_qparams(
+    w: np.ndarray, cfg: QuantConfig, axis: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(int8 weights, scales, zero points) of a constant weight, per channel along ``axis``."""
+    from slimkit.quant.api import weight_scheme
+
+    scheme = weight_scheme(cfg)
+    scheme = QScheme(scheme.bits, True, True, axis if cfg.per_channel else None)
+    observer = make_observer(cfg.weight_observer, scheme)
+    tensor = torch.from_numpy(np.array(w, dtype=np.float32))
+    observer.observe(tensor)
+    scale, zero = observer.qparams()
+    qmin, qmax = scheme.range
+    shape = [1] * w.ndim
+    if scheme.axis is not None:
+        shape[axis] = -1
+    q = torch.clamp(torch.round(tensor / scale.reshape(shape)) + zero.reshape(shape), qmin, qmax)
+    return q.to(torch.int8).numpy(), scale.reshape(-1).numpy(), zero.reshape(-1).numpy()
+
+
+def quantize_onnx_dynamic(
+    src: str | Path, dst: str | Path, cfg: QuantConfig, skip: list[str] | None = None
+) -> dict[str, Any]:
+    """Rewrite each MatMul/Gemm with a constant 2-D weight as ``DynamicQuantizeMatMul``.
+
+    ``skip`` patterns match node names or weight names; those nodes stay float. A following
+    ``Add`` of a constant bias is folded into the op. Returns counts of what was done.
+
+    Example:
+        >>> import tempfile
+        >>> from slimkit.measure import export_onnx
+        >>> from slimkit.quant.config import QuantConfig
+        >>> tmp = tempfile.mkdtemp()
+        >>> f = export_onnx(nn.Sequential(nn.Linear(8, 4)), tmp + "/f.onnx", (8,))
+        >>> quantize_onnx_dynamic(f, tmp + "/q.onnx", QuantConfig(mode="dynamic"))["quantized"]
+        1
+    """
+    import onnx
+
+    model = onnx.load(str(src))
+    rewriter = _Rewriter(model, cfg, (skip or []) + cfg.skip)
+    rewriter.run()
+    from slimkit.quant.onnx_qdq import strip_debug_info
+
+    strip_debug_info(model)
+    if not any(o.domain == MS_DOMAIN for o in model.opset_import):
+        model.opset_import.append(onnx.helper.make_opsetid(MS_DOMAIN, 1))
+    with atomic_path(Path(dst)) as tmp:
+        onnx.save(model, str(tmp))
+    return {"quantized": rewriter.quantized, "kept_float": rewriter.kept}
+
+
+class _Rewriter:
+    """Graph surgery for :func:`quantize_onnx_dynamic`."""
+
+    def __init__(self, model: Any, cfg: QuantConfig, skip: list[str]) -> None:
+        self.model, self.cfg, self.skip = model, cfg, skip
+        self.graph = model.graph
+        self.inits = {i.name: i for i in self.graph.initializer}
+        self.quantized = 0
+        self.kept: list[str] = []
+
+    def run(self) -> None:
+        from onnx import numpy_helper
+
+        consumers: dict[str, list[Any]] = {}
+        for node in self.graph.node:
+            for name in node.input:
+                consumers.setdefault(name, []).append(node)
+        removed: set[int] = set()
+        new_nodes: dict[int, Any] = {}
+        for index, node in enumerate(self.graph.node):
+            weight = self._weight(node)
+            if weight is None:
+                continue
+            scope = module_scope(node)
+            if any(_skipped(n, self.skip) for n in (node.name, node.input[1], scope) if n):
+                self.kept.append(scope or node.name or node.input[1])
+                continue
+            w = numpy_helper.to_array(self.inits[node.input[1]])
+            if node.op_type == "Gemm" and _attr(node, "transB", 0):
+                w = w.T
+            bias, output, add = self._bias(node, consumers, w.shape[1])
+            if add is not None:
+                removed.add(id(add))
+            new_nodes[index] = self._make(node, w, bias, output)
+            self.quantized += 1
+        nodes = []
+        for index, node in enumerate(self.graph.node):
+            if id(node) in removed:
+                continue
+            nodes.append(new_nodes.get(index, node))
+        del self.graph.node[:]
+        self.graph.node.extend(nodes)
+        self._drop_unused()
+
+    def _weight(self, node: Any) -> str | None:
+        if node.op_type not in ("MatMul", "Gemm") or len(node.input) < 2:
+            return None
+        init = self.inits.get(node.input[1])
+        if init is None or len(init.dims) != 2:
+            return None
+        if node.op_type == "Gemm" and (
+            _attr(node, "transA", 0) or _attr(node, "alpha", 1.0) != 1.0
+            or _attr(node, "beta", 1.0) != 1.0
+        ):  # fmt: skip
+            return None
+        return node.input[1]
+
+    def _bias(self, node: Any, consumers: dict, width: int) -> tuple[str, str, Any]:
+        if node.op_type == "Gemm" and len(node.input) > 2 and node.input[2]:
+            return node.input[2], node.output[0], None
+        users = consumers.get(node.output[0], [])
+        if len(users) == 1 and users[0].op_type == "Add":
+            add = users[0]
+            other = [n for n in add.input if n != node.output[0]]
+            init = self.inits.get(other[0]) if len(other) == 1 else None
+            if init is not None and list(init.dims) == [width]:
+                return other[0], add.output[0], add
+        return "", node.output[0], None
+
+    def _make(self, node: Any, w: np.ndarray, bias: str, output: str) -> Any:
+        from onnx import helper, numpy_helper
+
+        q, scale, zero = weight_qparams(w, self.cfg, axis=1)
+        base = (node.input[1] or node.name).replace("/", "_")
+        names = [f"{base}_quantized", f"{base}_scale", f"{base}_zero_point"]
+        arrays = [q, scale.astype(np.float32), zero.astype(np.int8)]
+        for name, array in zip(names, arrays, strict=True):
+            self.graph.initializer.append(numpy_helper.from_array(array, name))
+        return helper.make_node(
+            "DynamicQuantizeMatMul",
+            [node.input[0], *names, bias],
+            [output],
+            name=(node.name or base) + "_quant",
+            domain=MS_DOMAIN,
+        )
+
+    def _drop_unused(self) -> None:
+        used = {name for node in self.graph.node for name in node.input}
+        used |= {o.name for o in self.graph.output}
+        for init in list(self.graph.initializer):
+            if init.name not in used:
+                self.graph.initializer.remove(init)
+
+
+def module_scope(node: Any) -> str | None:
+    """The PyTorch module an exported ONNX node came from (the exporter's name scopes).
+
+    The exporter lists the module path of every enclosing module, then the FX node's own name.
+    """
+    props = {prop.key: prop.value for prop in node.metadata_props}
+    scopes = _names(props.get("pkg.torch.onnx.name_scopes", ""))
+    return scopes[-2] or None if len(scopes) >= 2 else None
+
+
+def _names(text: str) -> list[str]:
+    return [s.strip().strip("'\"") for s in text.strip("[]").split(",")] if text else []
+
+
+def _attr(node: Any, name: str, default: Any) -> Any:
+    from onnx import helper
+
+    for attribute in node.attribute:
+        if attribute.name == name:
+            return helper.get_attribute_value(attribute)
+    return default

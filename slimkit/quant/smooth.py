@@ -1,0 +1,196 @@
+"""SmoothQuant (Xiao et al. 2023, "SmoothQuant: Accurate and Efficient Post-Training
+Quantization for Large Language Models"): move activation outliers into the weights.
+
+A few channels of a transformer's activations are far larger than the rest, so one scale per
+tensor leaves the others with few levels. For a Linear ``y = x W^T``, dividing input channel j by
+``s_j`` and multiplying weight column j by ``s_j`` changes nothing in float, and with
+``s_j = max|x_j|^alpha / max|W_:,j|^(1-alpha)`` (eq. 4) both factors quantize well. The division
+folds into a preceding LayerNorm (its weight and bias); where no such layer exists (the FFN's
+second Linear, after GELU), a per-channel ``Mul`` stays in the graph.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from slimkit.errors import SlimkitError
+
+
+@dataclass
+class SmoothGroup:
+    """Linears that read the same input, and the LayerNorm producing it (None: insert a Mul)."""
+
+    linears: list[str]
+    norm: str | None = None
+
+
+SAMPLE_ROWS = 4096  # input rows kept per layer for the alpha search
+
+
+def input_absmax(
+    model: nn.Module,
+    layers: list[str],
+    run: Callable[[nn.Module], None],
+    samples: dict[str, list[torch.Tensor]] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Per-channel max |input| of each named Linear while ``run(model)`` feeds calibration data.
+
+    With ``samples`` given, each batch's input rows are also kept there (up to ``SAMPLE_ROWS``
+    rows per layer), for :func:`choose_alpha`.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(2, 2))
+        >>> input_absmax(net, ["0"], lambda m: m(torch.tensor([[1.0, -3.0]])))["0"].tolist()
+        [1.0, 3.0]
+    """
+    stats: dict[str, torch.Tensor] = {}
+    handles = []
+    for name in layers:
+
+        def hook(module: nn.Module, args: tuple, name: str = name) -> None:
+            rows = args[0].detach().reshape(-1, args[0].shape[-1]).float()
+            x = rows.abs().amax(0)
+            stats[name] = x if name not in stats else torch.maximum(stats[name], x)
+            if samples is not None:
+                kept = samples.setdefault(name, [])
+                if sum(len(r) for r in kept) < SAMPLE_ROWS:
+                    kept.append(rows)
+
+        handles.append(model.get_submodule(name).register_forward_pre_hook(hook))
+    try:
+        with torch.no_grad():
+            run(model)
+    finally:
+        for handle in handles:
+            handle.remove()
+    missing = [name for name in layers if name not in stats]
+    if missing:
+        raise SlimkitError(f"calibration never reached layers {missing[:3]}")
+    return stats
+
+
+ALPHAS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9)
+
+
+def smoothing_factor(act: torch.Tensor, linears: list[nn.Linear], alpha: float) -> torch.Tensor:
+    """SmoothQuant's ``s_j = max|x_j|^alpha / max|W_:,j|^(1-alpha)`` (Xiao et al. 2023, eq. 4)."""
+    weight = torch.stack([lin.weight.detach().abs().amax(0) for lin in linears]).amax(0)
+    return (act.clamp(min=1e-5) ** alpha / weight.clamp(min=1e-5) ** (1 - alpha)).clamp(min=1e-5)
+
+
+def choose_alpha(
+    x: torch.Tensor, act: torch.Tensor, linears: list[nn.Linear], alphas=ALPHAS
+) -> float:
+    """The migration strength whose int8 (dynamic activations, per-channel weights) output is
+    closest to the float output on sample inputs ``x`` (a per-layer search, as in the SmoothQuant
+    paper's appendix and Intel Neural Compressor's auto-tuning).
+    """
+    from slimkit.quant.fake import DynamicActFakeQuant
+    from slimkit.quant.observers import QScheme, qparams_from_range
+
+    scheme = QScheme(bits=8, axis=0)
+    act_quant = DynamicActFakeQuant()
+    reference = [x @ lin.weight.detach().T for lin in linears]
+    best, best_err = alphas[0], float("inf")
+    for alpha in alphas:
+        s = smoothing_factor(act, linears, alpha)
+        xq = act_quant(x / s)
+        err = 0.0
+        for lin, ref in zip(linears, reference, strict=True):
+            w = lin.weight.detach() * s
+            bound = w.abs().amax(1)
+            scale, zero = qparams_from_range(-bound, bound, scheme)
+            wq = torch.fake_quantize_per_channel_affine(w, scale, zero, 0, *scheme.range)
+            err += float(((xq @ wq.T - ref) ** 2).mean())
+        if err < best_err:
+            best, best_err = alpha, err
+    return best
+
+
+def _scale_input(module: nn.Module, args: tuple) -> tuple:
+    return (args[0] * module.smooth_inv, *args[1:])
+
+
+def smooth(
+    model: nn.Module,
+    groups: list[SmoothGroup],
+    absmax: dict[str, torch.Tensor],
+    alpha: float | None = 0.5,
+    samples: dict[str, list[torch.Tensor]] | None = None,
+) -> dict[str, float]:
+    """Apply SmoothQuant's per-channel migration to each group, in place (float outputs unchanged).
+
+    ``alpha=None`` searches each group's alpha on ``samples`` (see :func:`choose_alpha`).
+    Returns the alpha used per group (named by its first Linear).
+
+    Example:
+        >>> net = nn.Sequential(nn.LayerNorm(2), nn.Linear(2, 2))
+        >>> x = torch.tensor([[1.0, -3.0], [0.5, 2.0]])
+        >>> before = net(x)
+        >>> stats = input_absmax(net, ["1"], lambda m: m(x))
+        >>> smooth(net, [SmoothGroup(["1"], norm="0")], stats, alpha=0.5)
+        {'1': 0.5}
+        >>> bool(torch.allclose(net(x), before, atol=1e-5))
+        True
+    """
+    chosen: dict[str, float] = {}
+    for group in groups:
+        linears = [model.get_submodule(name) for name in group.linears]
+        act = absmax[group.linears[0]]
+        a = alpha
+        if a is None:
+            if samples is None:
+                raise SlimkitError("searching alpha needs sample inputs (samples=...)")
+            a = choose_alpha(torch.cat(samples[group.linears[0]]), act, linears)
+        chosen[group.linears[0]] = a
+        s = smoothing_factor(act, linears, a)
+        with torch.no_grad():
+            for lin in linears:
+                lin.weight.mul_(s)
+            if group.norm is not None:
+                norm = model.get_submodule(group.norm)
+                norm.weight.div_(s)
+                if norm.bias is not None:
+                    norm.bias.div_(s)
+            else:
+                inverse = 1.0 / s  # one tensor shared by the group: one Mul after export/CSE
+                for lin in linears:
+                    lin.register_buffer("smooth_inv", inverse)
+                    lin.register_forward_pre_hook(_scale_input)
+    return chosen
+
+
+def bert_groups(model: nn.Module, ffn_output: bool = True) -> list[SmoothGroup]:
+    """Smoothing groups of a BERT-style Hugging Face encoder (BERT, MiniLM, RoBERTa).
+
+    BERT normalises after the residual addition (post-LN), so a LayerNorm's output is also the
+    residual stream and the smoothing cannot fold into it: every group gets an explicit
+    per-channel scale (a ``Mul``, cheap next to the MatMul). Groups: query/key/value (one
+    shared scale), the attention output, the FFN's first Linear and, with ``ffn_output``, its
+    second (after GELU).
+
+    Example:
+        >>> bert_groups(nn.Linear(2, 2))
+        []
+    """
+    names = {name for name, _ in model.named_modules()}
+    pattern = re.compile(r"^(.*)layer\.(\d+)\.attention\.self\.query$")
+    groups = []
+    for name in sorted(names):
+        match = pattern.match(name)
+        if not match:
+            continue
+        block = f"{match.group(1)}layer.{int(match.group(2))}"
+        groups.append(
+            SmoothGroup([f"{block}.attention.self.{p}" for p in ("query", "key", "value")])
+        )
+        groups.append(SmoothGroup([f"{block}.attention.output.dense"]))
+        groups.append(SmoothGroup([f"{block}.intermediate.dense"]))
+        if ffn_output:
+            groups.append(SmoothGroup([f"{block}.output.dense"], None))
+    return groups

