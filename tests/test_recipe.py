@@ -143,4 +143,4 @@ def test_demo_recipe_is_valid():
     from slimkit.cli import DEMO_RECIPE
 
     kinds = [stage.kind for stage in Recipe.from_file(DEMO_RECIPE).stages]
-    assert kinds[0] == "train" and "prune" in kinds and kinds[-1] == "export"
+    assert kinds[0] == "train" and {"prune", "cluster", "quantize"} <= set(kinds)
