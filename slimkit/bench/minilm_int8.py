@@ -79,7 +79,7 @@ def _torch_ao_peer(embedder: torch.nn.Module, batches: list, reference: np.ndarr
     out = embed(model, batches).numpy()
     seconds = time.perf_counter() - tick
     return {
-        "name": "torch.ao.quantization.quantize_dynamic (eager PyTorch)",
+        "name": "torch.ao quantize_dynamic",
         "fidelity": _fidelity(out, reference),
         "metric": _fidelity(out, reference)["cosine_mean"],
         "seconds_torch": round(seconds, 3),
@@ -143,7 +143,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
 
     baseline, result = measurement("float"), measurement("slimkit")
     baseline["size_bytes"], baseline["file_bytes"] = 4 * params, baseline["size_bytes"]
-    peer = {"name": "onnxruntime.quantization.quantize_dynamic (per-channel int8)",
+    peer = {"name": "ORT quantize_dynamic",
             **measurement("ort_peer")}  # fmt: skip
     peers = [peer]
     ao = _torch_ao_peer(embedder, batches, reference)

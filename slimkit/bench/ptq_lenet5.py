@@ -52,10 +52,11 @@ def _baseline(ctx: BenchContext, data: Dataset) -> nn.Module:
 
 def _latency_b64(path: Path, data: Dataset, threads: int, rounds: int = 3) -> float:
     """Best of ``rounds`` medians: on a shared machine the least disturbed one is the truest."""
-    return min(
+    best = min(
         ort_latency_ms(path, data.input_shape, 64, threads=threads, repeats=50)
         for _ in range(rounds)
     )
+    return float(f"{best:.4g}")
 
 
 def _ort_peer(float_onnx: Path, out: Path, data: Dataset, batches: int) -> Path:
@@ -123,7 +124,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     peer_path = _ort_peer(float_onnx, work / "lenet5.int8.ort-peer.onnx", data, 8)
     peer_acc = evaluate(OnnxModule(peer_path), data.test)
     peer = {
-        "name": "onnxruntime.quantize_static (QDQ, per-channel, MinMax)",
+        "name": "ORT quantize_static",
         "metric": round(peer_acc, 6),
         "error": round(1 - peer_acc, 6),
         "size_bytes": file_size(peer_path),

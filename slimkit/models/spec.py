@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from slimkit.errors import SlimkitError
-from slimkit.models.registry import MODELS
+from slimkit.models.registry import MODELS, WRAPPERS
 
 SPEC_ATTR = "_slimkit_spec"
 
@@ -151,6 +151,10 @@ def _replace(model: nn.Module, name: str, layer: nn.Module) -> None:
 
 
 def _factory(name: str, allow_import: bool):
+    if name not in MODELS and ":" not in name:
+        importlib.import_module("slimkit.stages")  # the methods register their wrappers
+    if name in WRAPPERS:
+        return WRAPPERS.get(name)
     if name in MODELS or ":" not in name:
         return MODELS.get(name)
     if not allow_import:

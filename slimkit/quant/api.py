@@ -14,14 +14,15 @@ from torch import nn
 
 from slimkit.data import Dataset
 from slimkit.errors import SlimkitError
-from slimkit.models import MODELS, ModelSpec, model_from_spec
+from slimkit.models import ModelSpec, model_from_spec
+from slimkit.models.registry import WRAPPERS
 from slimkit.models.spec import SPEC_ATTR
 from slimkit.quant.config import QuantConfig, as_config
 from slimkit.quant.fake import ActFakeQuant, FakeQuant
 from slimkit.quant.observers import QScheme
 from slimkit.quant.prepare import META, calibrate, prepare_static
 
-FACTORY = "slimkit.quant:quantized_model"
+FACTORY = "quantized"
 
 
 def quantize(
@@ -207,7 +208,7 @@ def _remember(
     )
 
 
-@MODELS.register(FACTORY)
+@WRAPPERS.register(FACTORY)
 def quantized_model(
     input_shape: list[int],
     num_classes: int,
@@ -217,8 +218,9 @@ def quantized_model(
 ) -> nn.Module:
     """Rebuild the structure of a quantized model (quantizers included) for loading weights.
 
-    Checkpoints of quantized models name this factory; :func:`slimkit.load_model` calls it, and
-    the checkpoint's tensors then fill in weights, scales and zero points.
+    Checkpoints of quantized models name this wrapper (registered in
+    :data:`slimkit.models.registry.WRAPPERS`, not the zoo); :func:`slimkit.models.load_checkpoint`
+    calls it, and the checkpoint's tensors fill in weights, scales and zero points.
     """
     del input_shape, num_classes  # recorded in ``base``
     cfg = QuantConfig(**config)

@@ -63,12 +63,11 @@ def export_qdq(model: nn.Module, path: str | Path, input_shape: Sequence[int]) -
 
 
 def strip_debug_info(model: Any) -> None:
-    """Drop the exporter's per-node debugging metadata (stack traces, scopes) and shape hints:
-    on a small int8 model they outweigh the weights."""
+    """Drop the exporter's per-node debugging metadata (stack traces, scopes): on a small int8
+    model it outweighs the weights. Shape hints stay: ONNX Runtime's fusions use them."""
     for node in model.graph.node:
         del node.metadata_props[:]
         node.doc_string = ""
-    del model.graph.value_info[:]
 
 
 def fold_weight_quantizers(model: Any) -> int:

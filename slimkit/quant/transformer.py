@@ -179,16 +179,25 @@ def quantize_embedder(
     if not calibration:
         raise SlimkitError("calibration data is empty: give at least one tokenised batch")
     alpha = 0.75 if cfg.smooth_alpha is None else cfg.smooth_alpha
-    smoothed = copy.deepcopy(model).eval()
-    alphas: dict[str, float] = {}
-    groups = bert_groups(smoothed)
-    if groups and alpha > 0:
-        stats = input_absmax(smoothed, [g.linears[0] for g in groups], _runner(calibration))
-        alphas = smooth(smoothed, groups, stats, alpha)
-    fake = prepare_dynamic(copy.deepcopy(smoothed), cfg)
+    groups = bert_groups(model) if alpha > 0 else []
+    stats = {}
+    if groups:  # smoothing scales a Linear's own input only, so float statistics stay valid
+        stats = input_absmax(model, [g.linears[0] for g in groups], _runner(calibration))
+    smoothed, fake, alphas = _smoothed_pair(model, groups, stats, alpha, cfg)
     budget = 0.001 if cfg.accuracy_budget is None else cfg.accuracy_budget
     float_layers, sensitivity = _keep_float(fake, model, calibration, budget)
+    if float_layers:  # float layers need no smoothing: rebuild without their Mul
+        kept = cfg.model_copy(update={"skip": [*cfg.skip, *float_layers]})
+        groups = [g for g in groups if not set(g.linears) <= set(float_layers)]
+        smoothed, fake, alphas = _smoothed_pair(model, groups, stats, alpha, kept)
     return QuantizedEmbedder(smoothed, fake, float_layers, alphas, sensitivity)
+
+
+def _smoothed_pair(model, groups, stats, alpha, cfg):
+    """(smoothed float model, its fake-quantized copy, alphas used)."""
+    smoothed = copy.deepcopy(model).eval()
+    alphas = smooth(smoothed, groups, stats, alpha) if groups else {}
+    return smoothed, prepare_dynamic(copy.deepcopy(smoothed), cfg), alphas
 
 
 def _runner(batches: list[Batch]):
