@@ -206,6 +206,38 @@ def test_dynamic_quantization_exports_and_matches(digits, tmp_path):
     assert float(diff) < 0.05 * float(expected.abs().max())
 
 
+def test_dynamic_onnx_stores_embedding_tables_as_int8_rows(tmp_path):
+    import onnx
+    import onnxruntime as ort
+
+    from slimkit.quant.config import QuantConfig
+    from slimkit.quant.dynamic import quantize_onnx_dynamic
+
+    class Bag(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb, self.fc = nn.Embedding(2000, 32), nn.Linear(32, 4)
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            return self.fc(self.emb(ids).mean(1))
+
+    torch.manual_seed(0)
+    model, ids = Bag().eval(), torch.randint(0, 2000, (3, 7))
+    src = tmp_path / "f.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (ids,), src, dynamo=True, external_data=False)
+    dst = tmp_path / "q.onnx"
+    assert quantize_onnx_dynamic(src, dst, QuantConfig(mode="dynamic"))["quantized"] == 2
+    tables = [i for i in onnx.load(dst).graph.initializer if list(i.dims) == [2000, 32]]
+    assert [t.data_type for t in tables] == [onnx.TensorProto.INT8]
+    assert file_size(dst) < file_size(src) / 3
+    session = ort.InferenceSession(str(dst), providers=["CPUExecutionProvider"])
+    out = session.run(None, {session.get_inputs()[0].name: ids.numpy()})[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(out, model(ids).numpy(), atol=0.02)
+
+
 @pytest.mark.parametrize(("bits", "group"), [(8, None), (4, 32)])
 def test_weight_only_packed_file_shrinks_and_loads(digits, tmp_path, bits, group):
     model = build_model("mlp", digits.input_shape, 10).eval()

@@ -25,6 +25,7 @@ from slimkit.quant.fake import DynamicActFakeQuant, WeightFakeQuant
 from slimkit.quant.observers import QScheme, make_observer
 
 MS_DOMAIN = "com.microsoft"
+MIN_TABLE = 4096  # smaller lookup tables (position, token type) are not worth an int8 copy
 
 
 def _skipped(name: str, patterns: list[str]) -> bool:
@@ -36,7 +37,8 @@ def _quant_input(module: nn.Module, args: tuple) -> tuple:
 
 
 def prepare_dynamic(model: nn.Module, cfg: QuantConfig) -> nn.Module:
-    """Give every Linear (except ``cfg.skip``) int8 weights and run-time input quantization.
+    """Give every Linear (except ``cfg.skip``) int8 weights and run-time input quantization,
+    and every large embedding table int8 rows.
 
     Convolutions stay float (ONNX Runtime quantizes MatMul/Gemm dynamically); a warning-free
     choice, since dynamic quantization targets Linear-heavy models.
@@ -63,7 +65,19 @@ def prepare_dynamic(model: nn.Module, cfg: QuantConfig) -> nn.Module:
         count += 1
     if count == 0:
         raise SlimkitError("dynamic quantization found no Linear layer to quantize")
+    for name, layer in model.named_modules():
+        big = isinstance(layer, nn.Embedding) and layer.weight.numel() >= MIN_TABLE
+        if big and not _skipped(name, cfg.skip):  # as the ONNX rewrite stores them
+            parametrize.register_parametrization(layer, "weight", RowInt8())
     return model
+
+
+class RowInt8(nn.Module):
+    """Symmetric int8 with one scale per row: an embedding table as the ONNX rewrite stores it."""
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        scale = w.abs().amax(dim=1, keepdim=True).clamp_min(1e-12) / 127.0
+        return torch.clamp(torch.round(w / scale), -127, 127) * scale
 
 
 def weight_qparams(
@@ -89,7 +103,8 @@ def weight_qparams(
 def quantize_onnx_dynamic(
     src: str | Path, dst: str | Path, cfg: QuantConfig, skip: list[str] | None = None
 ) -> dict[str, Any]:
-    """Rewrite each MatMul/Gemm with a constant 2-D weight as ``DynamicQuantizeMatMul``.
+    """Rewrite each MatMul/Gemm with a constant 2-D weight as ``DynamicQuantizeMatMul``, and
+    each lookup (``Gather``) in a large constant table as an int8 lookup with per-row scales.
 
     ``skip`` patterns match node names or weight names; those nodes stay float. A following
     ``Add`` of a constant bias is folded into the op. Returns counts of what was done.
@@ -157,7 +172,7 @@ class _Rewriter:
         for index, node in enumerate(self.graph.node):
             if id(node) in removed:
                 continue
-            nodes.append(new_nodes.get(index, node))
+            nodes.extend(self._gather(node) or [new_nodes.get(index, node)])
         del self.graph.node[:]
         self.graph.node.extend(nodes)
         self._drop_unused()
@@ -203,6 +218,41 @@ class _Rewriter:
             name=(node.name or base) + "_quant",
             domain=MS_DOMAIN,
         )
+
+    def _gather(self, node: Any) -> list[Any] | None:
+        """An embedding lookup from a large constant table, rewritten to look up int8 rows and
+        their per-row scales: ``Gather(q) * Gather(scale)``. The table is most of a transformer
+        embedder's bytes, and only the looked-up rows are ever dequantized."""
+        from onnx import TensorProto, helper, numpy_helper
+
+        table = self.inits.get(node.input[0]) if node.op_type == "Gather" else None
+        if table is None or len(table.dims) != 2 or int(np.prod(table.dims)) < MIN_TABLE:
+            return None
+        if table.data_type != TensorProto.FLOAT or _attr(node, "axis", 0) != 0:
+            return None
+        scope = module_scope(node)
+        if any(_skipped(n, self.skip) for n in (node.name, node.input[0], scope) if n):
+            self.kept.append(scope or node.name or node.input[0])
+            return None
+        w = numpy_helper.to_array(table)
+        scale = np.maximum(np.abs(w).max(axis=1, keepdims=True), 1e-12) / 127.0
+        q = np.clip(np.round(w / scale), -127, 127).astype(np.int8)
+        base = node.input[0].replace("/", "_")
+        names = {
+            k: f"{base}_{k}" for k in ("quantized", "row_scale", "rows", "row_scales", "float")
+        }
+        self.graph.initializer.extend([
+            numpy_helper.from_array(q, names["quantized"]),
+            numpy_helper.from_array(scale.astype(np.float32), names["row_scale"]),
+        ])  # fmt: skip
+        index, out = node.input[1], node.output[0]
+        self.quantized += 1
+        return [
+            helper.make_node("Gather", [names["quantized"], index], [names["rows"]], axis=0),
+            helper.make_node("Gather", [names["row_scale"], index], [names["row_scales"]], axis=0),
+            helper.make_node("Cast", [names["rows"]], [names["float"]], to=TensorProto.FLOAT),
+            helper.make_node("Mul", [names["float"], names["row_scales"]], [out]),
+        ]
 
     def _drop_unused(self) -> None:
         used = {name for node in self.graph.node for name in node.input}

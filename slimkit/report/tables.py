@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from rich.console import Console
@@ -62,7 +63,7 @@ def to_markdown(report: dict[str, Any]) -> str:
 
 def print_table(report: dict[str, Any], console: Console | None = None) -> None:
     """Print the before/after table and ratios to the terminal."""
-    console = console or Console()
+    console = console or Console(width=None if sys.stdout.isatty() else 160)
     table = Table(
         title=f"slimkit: {report['task'].get('data')} "
         f"({report['task'].get('metric')}, {report['task'].get('split')})"
