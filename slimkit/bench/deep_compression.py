@@ -2,7 +2,8 @@
 Compressing Deep Neural Networks with Pruning, Trained Quantization and Huffman Coding", on MNIST.
 
 The three stages of the paper, each measured: prune with retraining (the prune benchmarks'
-sensitivity-allocated gradual schedule, sharing their cached dense baseline), weight sharing with
+sensitivity-allocated gradual schedule, retraining distilled from the dense model, sharing their
+cached dense baseline), weight sharing with
 k-means (8 bits for conv, 5 for fc, as the paper) and centroid fine-tuning, then the ``.slim``
 archive (relative indices plus codebook indices, both Huffman-coded). The size ratio is dense
 float32 bytes over the bytes of the ``.slim`` file.
@@ -27,7 +28,7 @@ from torch import nn
 
 from slimkit.archive import inspect_slim, load_slim, save_slim
 from slimkit.bench import BENCHMARKS, BenchContext
-from slimkit.bench.prune_lenet import SETTINGS, baseline_model, prune_config
+from slimkit.bench.prune_lenet import KD, SETTINGS, baseline_model, prune_config, teacher_loss
 from slimkit.cluster import ClusterConfig, cluster, finalize
 from slimkit.data import Dataset, load_data
 from slimkit.measure import count_nonzero, measure
@@ -50,21 +51,24 @@ def _pruned(
     """The pruned and retrained model, cached by the baseline's and the pruning's settings."""
     config = prune_config(baseline, settings, ctx.seed, KEEP_RATIO)
     key = {"name": f"{settings['model']}-pruned", "train": settings["train"], "seed": ctx.seed,
-           "prune": config.model_dump()}  # fmt: skip
+           "prune": config.model_dump(), "distill": KD.model_dump()}  # fmt: skip
 
     def make() -> nn.Module:
         seed_everything(ctx.seed)
-        return prune(copy.deepcopy(baseline), config, data).model
+        return prune(copy.deepcopy(baseline), config, data, loss_fn=teacher_loss(baseline)).model
 
     return ctx.cached_model(key, make)
 
 
-def _clustered(model: nn.Module, data: Dataset, settings: dict[str, Any], seed: int) -> nn.Module:
-    """Weight sharing, then fine-tuning of the shared values at the retraining learning rate."""
+def _clustered(
+    model: nn.Module, data: Dataset, settings: dict[str, Any], seed: int, teacher: nn.Module
+) -> nn.Module:
+    """Weight sharing, then fine-tuning of the shared values at the retraining learning rate,
+    distilling from the dense ``teacher`` as the pruning's retraining does."""
     model = cluster(copy.deepcopy(model), CLUSTER)
     train = dict(settings["train"])
     train.update(lr=train["lr"] / 10, epochs=CENTROID_EPOCHS, seed=seed, jitter=0)
-    fit(model, data, TrainConfig(**train), quiet=True)
+    fit(model, data, TrainConfig(**train), loss_fn=teacher_loss(teacher), quiet=True)
     return finalize(model)
 
 
@@ -123,7 +127,7 @@ def _run(ctx: BenchContext, name: str) -> dict[str, Any]:
     seconds["prune"] = round(time.perf_counter() - tick, 1)
     tick = time.perf_counter()
     seed_everything(ctx.seed)
-    shared = _clustered(pruned, data, settings, ctx.seed)
+    shared = _clustered(pruned, data, settings, ctx.seed, baseline)
     seconds["cluster"] = round(time.perf_counter() - tick, 1)
     files = {"pruned": _slim(pruned, work / "pruned.slim"), "result": _slim(shared, work /
              "model.slim")}  # fmt: skip

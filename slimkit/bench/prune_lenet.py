@@ -2,10 +2,14 @@
 Efficient Neural Networks") on MNIST.
 
 One run trains (or loads from the cache) the dense baseline, sweeps each layer's sensitivity on
-the validation split, allocates per-layer sparsities that reach 20x fewer non-zero parameters
-with the least loss, and prunes gradually (Zhu & Gupta 2017's cubic schedule) while retraining
-at a tenth of the baseline's learning rate. The peer row is ``torch.nn.utils.prune`` global
-magnitude pruning at the same sparsity with the same retraining budget.
+the validation split, allocates per-layer sparsities that reach the setting's ratio of fewer
+non-zero parameters (LeNet-300-100 12x, LeNet-5 20x) with the least loss, and prunes gradually
+(Zhu & Gupta 2017's cubic schedule) while retraining at a tenth of the baseline's learning rate.
+Retraining distils from the dense baseline (Hinton et al. 2015: T=4, 70% soft targets): the
+dense model is at hand, and its soft targets recover more than the labels alone (LeNet-300-100
+at 12x: 0.96% test error against 1.06% with labels only, measured here). The peer row is
+``torch.nn.utils.prune`` global magnitude pruning at the same sparsity with the same retraining
+(same epochs, same loss).
 
 Targets (issue 3): at least 12x fewer non-zero parameters, test error at most 0.1 point above
 the dense baseline and at most 1.70% (LeNet-300-100) / 0.85% (LeNet-5); paper: 12x at 1.59% /
@@ -24,6 +28,7 @@ from torch.nn.utils import prune as torch_prune
 
 from slimkit.bench import BENCHMARKS, BenchContext
 from slimkit.data import Dataset, load_data
+from slimkit.distill import DistillConfig, DistillLoss, TeacherLogits
 from slimkit.layers import select_layers
 from slimkit.measure import count_nonzero, count_params, measure
 from slimkit.models import build_model, save_checkpoint
@@ -38,6 +43,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "train": {**_SGD, "lr": 0.05, "epochs": 40, "batch_size": 128, "weight_decay": 1e-4,
                   "jitter": 1},
         "retrain_epochs": 30,
+        "ratio": 12.0,  # at 20x: 1.10% error, 0.16 point over the baseline (BENCHMARKS.md)
         "paper_error": 0.0159,
         "max_error": 0.0170,
     },
@@ -46,11 +52,14 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "train": {**_SGD, "lr": 0.05, "epochs": 12, "batch_size": 128, "weight_decay": 1e-4,
                   "jitter": 1},
         "retrain_epochs": 8,
+        "ratio": 20.0,  # the aim: within the error budget at 20x
         "paper_error": 0.0077,
         "max_error": 0.0085,
     },
 }  # fmt: skip
-AIM = 20.0  # fewer non-zero parameters than the dense model (required: 12)
+REQUIRED = 12.0  # fewer non-zero parameters than the dense model (issue 3); aim 20x
+AIM = 20.0
+KD = DistillConfig(temperature=4.0, alpha=0.7)
 
 
 def baseline_model(ctx: BenchContext, data: Dataset, settings: dict[str, Any]) -> nn.Module:
@@ -92,13 +101,18 @@ def prune_config(
     )  # fmt: skip
 
 
+def teacher_loss(baseline: nn.Module) -> DistillLoss:
+    """Distillation from a frozen copy of the dense baseline, for retraining."""
+    return DistillLoss(TeacherLogits(copy.deepcopy(baseline).eval()), KD)
+
+
 def _peer(baseline: nn.Module, data: Dataset, sparsity: float, retrain: TrainConfig) -> nn.Module:
     """torch.nn.utils.prune: global L1 magnitude pruning once, then the same retraining."""
     model = copy.deepcopy(baseline)
     layers = select_layers(model)
     params = [(m, "weight") for m in layers.values()]
     torch_prune.global_unstructured(params, torch_prune.L1Unstructured, amount=sparsity)
-    fit(model, data, retrain, quiet=True)
+    fit(model, data, retrain, loss_fn=teacher_loss(baseline), quiet=True)
     for module, name in params:
         torch_prune.remove(module, name)
     return model
@@ -120,12 +134,12 @@ def _run(ctx: BenchContext, name: str) -> dict[str, Any]:
     seconds: dict[str, float] = {}
     baseline = baseline_model(ctx, data, settings)
     seconds["baseline"] = round(time.perf_counter() - start, 1)
-    config = prune_config(baseline, settings, ctx.seed, AIM)
+    config = prune_config(baseline, settings, ctx.seed, settings["ratio"])
     sparsity, retrain = config.sparsity, config.retrain
     seed_everything(ctx.seed)
     model = copy.deepcopy(baseline)
     tick = time.perf_counter()
-    result = prune(model, config, data)
+    result = prune(model, config, data, loss_fn=teacher_loss(baseline))
     seconds["prune"] = round(time.perf_counter() - tick, 1)
     tick = time.perf_counter()
     seed_everything(ctx.seed)
@@ -151,6 +165,7 @@ def _run(ctx: BenchContext, name: str) -> dict[str, Any]:
          "metric": rows["result"]["metric"], "seconds": seconds["prune"], **result.summary()},
     ]  # fmt: skip
     peer_row = {"name": "torch.nn.utils.prune (global L1, same retraining)", **rows["peer"]}
+    stages[1]["config"]["distill_from_baseline"] = KD.model_dump(include={"temperature", "alpha"})
     return build_report(
         data.task(), rows["baseline"], rows["result"], stages, [peer_row],
         threads=ctx.threads, targets=_targets(rows, settings), seconds=seconds,
@@ -163,18 +178,24 @@ def _targets(rows: dict[str, dict[str, Any]], settings: dict[str, Any]) -> dict[
     fewer = base["params"] / res["nonzero_params"]
     return {
         "fewer_nonzero": round(fewer, 2),
-        "fewer_nonzero_required": 12.0,
+        "fewer_nonzero_required": REQUIRED,
         "fewer_nonzero_aim": AIM,
+        "aim_met": fewer >= AIM,
         "error": res["error"],
-        "error_max": min(settings["max_error"], round(base["error"] + 0.001, 6)),
+        "error_max": round(_max_error(base, settings), 6),
         "paper_error": settings["paper_error"],
-        "met": fewer >= 12 and res["error"] <= min(settings["max_error"], base["error"] + 0.001),
+        "met": fewer >= REQUIRED and res["error"] <= _max_error(base, settings),
     }
+
+
+def _max_error(base: dict[str, Any], settings: dict[str, Any]) -> float:
+    """The issue's cap: 0.1 point above the dense baseline, and the paper-derived maximum."""
+    return min(settings["max_error"], base["error"] + 0.001)
 
 
 @BENCHMARKS.register("prune-lenet300")
 def lenet300(ctx: BenchContext) -> dict[str, Any]:
-    """LeNet-300-100 on MNIST, pruned to 20x fewer non-zeros (Han et al. 2015, Table 2).
+    """LeNet-300-100 on MNIST, pruned to 12x fewer non-zeros (Han et al. 2015, Table 2).
 
     Example (needs the shared MNIST files):
         >>> from slimkit.bench import run_benchmark
@@ -198,4 +219,4 @@ def lenet5(ctx: BenchContext) -> dict[str, Any]:
     return _run(ctx, "prune-lenet5")
 
 
-__all__ = ["SETTINGS", "baseline_model", "lenet5", "lenet300", "prune_config"]
+__all__ = ["KD", "SETTINGS", "baseline_model", "lenet5", "lenet300", "prune_config", "teacher_loss"]
