@@ -23,7 +23,8 @@ app = typer.Typer(
     rich_markup_mode=None,
     help="Make neural networks smaller and faster, measured on ONNX Runtime.",
 )
-console = Console()
+# Logs and pipes get a wide fixed width: rich's 80-column default squeezes the tables unreadably.
+console = Console(width=None if sys.stdout.isatty() else 160)
 DEMO_RECIPE = Path(__file__).parent / "recipes" / "demo.yaml"
 
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")]
@@ -174,6 +175,71 @@ def compress(
 
 
 @app.command()
+def nas(
+    data: Annotated[str, typer.Option(help="data set name")],
+    out: Annotated[Path, typer.Option(help="output folder (holds the study by default)")],
+    space: Annotated[str, typer.Option(help="mlp, cnn or a search space YAML file")] = "cnn",
+    data_dir: DataDir = None,
+    objectives: Annotated[
+        str, typer.Option(help="comma-separated: metric, latency, params, macs, bytes")
+    ] = "metric",
+    sampler: Annotated[str, typer.Option(help="random, tpe or nsga2")] = "tpe",
+    pruner: Annotated[str, typer.Option(help="median, halving or none")] = "median",
+    trials: Annotated[
+        int | None, typer.Option(help="stop at this many finished trials (whole study)")
+    ] = None,
+    timeout: Annotated[
+        float | None, typer.Option(help="seconds of searching in this process")
+    ] = None,
+    storage: Annotated[
+        str | None, typer.Option(help="SQLAlchemy URL of the study (default OUT/study.db)")
+    ] = None,
+    study: Annotated[str, typer.Option(help="study name; workers sharing it share the search")] = (
+        "nas"
+    ),
+    epochs: Annotated[int, typer.Option(help="brief training epochs per trial")] = 5,
+    retrain_epochs: Annotated[int, typer.Option(help="training epochs of the chosen")] = 20,
+    max_params: Annotated[int | None, typer.Option(help="skip larger candidates")] = None,
+    train_subset: Annotated[int | None, typer.Option(help="training examples per trial")] = None,
+    search_only: Annotated[
+        bool, typer.Option(help="only run trials (a worker); no retraining or report")
+    ] = False,
+    seed: int = 0,
+    force: Force = False,
+    quiet: Quiet = False,
+) -> None:
+    """Search an architecture space on Optuna, then retrain, measure and export the chosen."""
+    from slimkit.data import load_data
+    from slimkit.search import NasConfig, load_space, run_nas
+
+    _quiet(quiet)
+    if trials is None and timeout is None:
+        trials = 20
+    config = NasConfig.parse(
+        objectives=objectives, sampler=sampler, pruner=pruner, trials=trials, timeout=timeout,
+        epochs=epochs, retrain_epochs=retrain_epochs, max_params=max_params,
+        train_subset=train_subset, seed=seed,
+    )  # fmt: skip
+    chosen_space = load_space(space).check_not_constant()
+    dataset = load_data(data, data_dir)
+    report = run_nas(
+        chosen_space, dataset, config, out, storage=storage, study_name=study, force=force,
+        search_only=search_only, quiet=quiet,
+    )  # fmt: skip
+    _print_nas(report if search_only else report["search"], out, search_only)
+
+
+def _print_nas(summary: dict, out: Path, search_only: bool) -> None:
+    counts = ", ".join(f"{n} {state}" for state, n in summary["trials"].items())
+    console.print(
+        f"study {summary['study']} ({summary['storage']}): {counts}; "
+        f"chosen trial {summary['chosen_trial']}, Pareto front of {len(summary['pareto_front'])}"
+    )
+    if not search_only:
+        console.print(f"report: {out / 'report.json'}, model: {out / 'model.onnx'}")
+
+
+@app.command()
 def bench(
     name: Annotated[str, typer.Argument(help="benchmark name")],
     data_dir: Annotated[
@@ -191,6 +257,40 @@ def bench(
     if out is not None:
         _check_fresh(out, force)
     run_benchmark(name, data_dir=data_dir, out=out, seed=seed, console=console)
+
+
+@app.command()
+def automl(
+    data: Annotated[str, typer.Option(help="iris, wine, breast_cancer, digits or csv")],
+    budget: Annotated[float, typer.Option(help="seconds for the whole run, refit included")],
+    out: Annotated[Path, typer.Option(help="output folder")],
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="the .csv file")] = None,
+    label: Annotated[str, typer.Option(help="label column of the csv file")] = "label",
+    ensemble: Annotated[
+        bool, typer.Option("--ensemble/--no-ensemble", help="try a soft-voting ensemble")
+    ] = True,
+    seed: int = 0,
+    force: Force = False,
+    quiet: Quiet = False,
+) -> None:
+    """Search scikit-learn models and preprocessing by cross-validation under a time budget."""
+    from slimkit.search.automl import load_table, make_config, run_automl
+    from slimkit.search.automl.report import config_summary
+
+    _quiet(quiet)
+    config = make_config(budget=budget, ensemble=ensemble, seed=seed)
+    _check_fresh(out, force)
+    table = load_table(data, data_dir, label)
+    console.print(f"automl on {table.name}: {config_summary(config)}")
+    report = run_automl(table, out, config, quiet=quiet)
+    chosen, result = report["chosen"], report["result"]
+    what = chosen.get("family") or f"ensemble of {len(chosen.get('members', []))}"
+    console.print(
+        f"chose {what} (CV {chosen['cv_mean']:.4f}) from {report['trials']['complete']} "
+        f"trials ({report['trials']['failed']} failed); held-out accuracy {result['metric']:.4f} "
+        f"on {report['task']['n']} rows; wrote {out / result['artifact']} "
+        f"({result['size_bytes']:,} bytes), {out / 'report.json'}, {out / 'leaderboard.png'}"
+    )
 
 
 def _quiet(quiet: bool) -> None:

@@ -1,8 +1,9 @@
 """Registries of model factories: ``factory(input_shape, num_classes, **kwargs) -> nn.Module``.
 
-``MODELS`` is the zoo a user picks from. ``WRAPPERS`` holds structures slimkit's own methods build
-around a model (a quantized model and its quantizers): checkpoints name them so they load back
-without an import path, but they are not architectures to train, so the zoo does not list them.
+``MODELS`` is the zoo a user picks from by name. ``BUILDERS`` holds the factories of models that
+slimkit's own methods build (a quantized model with its quantizers, a searched architecture):
+checkpoints name them so they load back without an import path, but they need the method's
+arguments, so the zoo does not list them.
 """
 
 from __future__ import annotations
@@ -15,4 +16,4 @@ from slimkit.registry import Registry
 
 ModelFactory = Callable[..., nn.Module]
 MODELS: Registry[ModelFactory] = Registry("model")
-WRAPPERS: Registry[ModelFactory] = Registry("model wrapper")
+BUILDERS: Registry[ModelFactory] = Registry("model builder")

@@ -17,9 +17,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from slimkit.errors import SlimkitError
-from slimkit.models.registry import MODELS, WRAPPERS
+from slimkit.models.registry import BUILDERS, MODELS
 
 SPEC_ATTR = "_slimkit_spec"
+# Imported on demand when a spec names a factory the zoo lacks: the compression methods register
+# their builders (a quantized model), the search its searched architectures.
+REGISTERING_MODULES = ("slimkit.stages", "slimkit.search.arch")
 
 _CONV = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups",
          "bias", "padding_mode")  # fmt: skip
@@ -152,9 +155,10 @@ def _replace(model: nn.Module, name: str, layer: nn.Module) -> None:
 
 def _factory(name: str, allow_import: bool):
     if name not in MODELS and ":" not in name:
-        importlib.import_module("slimkit.stages")  # the methods register their wrappers
-    if name in WRAPPERS:
-        return WRAPPERS.get(name)
+        for module in REGISTERING_MODULES:
+            importlib.import_module(module)
+    if name in BUILDERS:
+        return BUILDERS.get(name)
     if name in MODELS or ":" not in name:
         return MODELS.get(name)
     if not allow_import:

@@ -15,7 +15,7 @@ from torch import nn
 from slimkit.data import Dataset
 from slimkit.errors import SlimkitError
 from slimkit.models import ModelSpec, model_from_spec
-from slimkit.models.registry import WRAPPERS
+from slimkit.models.registry import BUILDERS
 from slimkit.models.spec import SPEC_ATTR
 from slimkit.quant.config import QuantConfig, as_config
 from slimkit.quant.fake import ActFakeQuant, FakeQuant
@@ -208,7 +208,7 @@ def _remember(
     )
 
 
-@WRAPPERS.register(FACTORY)
+@BUILDERS.register(FACTORY)
 def quantized_model(
     input_shape: list[int],
     num_classes: int,
@@ -218,8 +218,8 @@ def quantized_model(
 ) -> nn.Module:
     """Rebuild the structure of a quantized model (quantizers included) for loading weights.
 
-    Checkpoints of quantized models name this wrapper (registered in
-    :data:`slimkit.models.registry.WRAPPERS`, not the zoo); :func:`slimkit.models.load_checkpoint`
+    Checkpoints of quantized models name this builder (registered in
+    :data:`slimkit.models.registry.BUILDERS`, not the zoo); :func:`slimkit.models.load_checkpoint`
     calls it, and the checkpoint's tensors fill in weights, scales and zero points.
     """
     del input_shape, num_classes  # recorded in ``base``

@@ -21,6 +21,7 @@ from slimkit.train.config import TrainConfig
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 StepHook = Callable[[int], None]
+EpochHook = Callable[[int, float], None]
 
 
 @dataclass
@@ -52,13 +53,15 @@ def fit(
     *,
     loss_fn: LossFn = cross_entropy,
     step_hook: StepHook | None = None,
+    epoch_hook: EpochHook | None = None,
     quiet: bool | None = None,
 ) -> TrainResult:
     """Train ``model`` in place on ``data.train``; keep the weights of the best validation epoch.
 
     ``loss_fn`` lets distillation or regularisation swap the objective; ``step_hook(step)`` runs
-    after every optimiser step (gradual pruning schedules use it). Masks and fake-quantizers
-    applied as parametrizations need no special handling here.
+    after every optimiser step (gradual pruning schedules use it); ``epoch_hook(epoch, val)``
+    after every epoch's validation (a search's pruner uses it, and may raise to stop). Masks and
+    fake-quantizers applied as parametrizations need no special handling here.
 
     Example:
         >>> from slimkit.data import load_data
@@ -99,6 +102,8 @@ def fit(
             val = evaluate(model, data.val)
             result.history.append({"epoch": epoch + 1, "loss": total / max(count, 1), "val": val})
             result.epochs_run = epoch + 1
+            if epoch_hook is not None:
+                epoch_hook(epoch + 1, val)
             bar.advance(f"loss {total / max(count, 1):.4f} val {val:.4f}")
             if not val <= result.best_val:  # also true for the first epoch (best_val is nan)
                 result.best_val, best_state, stale = val, copy.deepcopy(model.state_dict()), 0
