@@ -35,6 +35,7 @@ from slimkit.measure import count_nonzero, measure
 from slimkit.models import save_checkpoint
 from slimkit.prune import prune
 from slimkit.report import build_report
+from slimkit.report.figures import save_figure
 from slimkit.train import TrainConfig, fit, seed_everything
 
 TARGETS = {"deep-compression-lenet300": ("prune-lenet300", 40.0, 0.0158),
@@ -109,10 +110,7 @@ def _figure(sizes: dict[str, int], path: Path) -> Path:
     ax.set_yscale("log")
     ax.set_ylabel("bytes on disk (KiB, log scale)")
     ax.set_title("Deep Compression: size after each stage")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def _run(ctx: BenchContext, name: str) -> dict[str, Any]:

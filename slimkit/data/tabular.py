@@ -11,6 +11,21 @@ from slimkit.data.dataset import LOADERS, RawData
 from slimkit.errors import SlimkitError
 
 
+def labelled_columns(path: Path, label: str) -> tuple[list[str], dict[str, tuple[str, ...]]]:
+    """(feature column names, every column's cells as text) of a CSV file with a header,
+    checked to have the ``label`` column and at least one feature besides it."""
+    header, rows = _read_rows(path)
+    if label not in header:
+        raise SlimkitError(
+            f"{path}: no label column {label!r}; columns present: {', '.join(header)}. "
+            "Name the label column with the label option (--label)"
+        )
+    features = [name for name in header if name != label]
+    if not features:
+        raise SlimkitError(f"{path}: no feature columns besides the label column {label!r}")
+    return features, dict(zip(header, zip(*rows, strict=True), strict=True))
+
+
 @LOADERS.register("csv")
 def csv_table(data_dir: Path | None, label: str = "label") -> RawData:
     """Rows of a CSV file with a header: every column but ``label`` is a numeric feature.
@@ -28,23 +43,15 @@ def csv_table(data_dir: Path | None, label: str = "label") -> RawData:
         >>> raw.train[0].shape, raw.class_names  # doctest: +SKIP
         ((150, 4), ['setosa', 'versicolor', 'virginica'])
     """
-    path = _csv_path(data_dir)
-    header, rows = _read_rows(path)
-    if label not in header:
-        raise SlimkitError(
-            f"{path}: no label column {label!r}; columns present: {', '.join(header)}. "
-            "Name the label column with the label option"
-        )
-    features = [name for name in header if name != label]
-    if not features:
-        raise SlimkitError(f"{path}: no feature columns besides the label column {label!r}")
-    columns = dict(zip(header, zip(*rows, strict=True), strict=True))
+    path = csv_path(data_dir)
+    features, columns = labelled_columns(path, label)
     x = np.stack([_numeric(path, name, columns[name]) for name in features], axis=1)
-    y, class_names = _classes(path, label, columns[label])
+    y, class_names = class_indices(path, label, columns[label])
     return RawData(train=(x, y), test=None, num_classes=len(class_names), class_names=class_names)
 
 
-def _csv_path(data_dir: Path | None) -> Path:
+def csv_path(data_dir: Path | None) -> Path:
+    """The CSV file named by ``data_dir``: the file itself, or the only ``.csv`` in a folder."""
     if data_dir is None:
         raise SlimkitError("the csv data set needs --data-dir: the path of a .csv file")
     if data_dir.is_file():
@@ -104,7 +111,7 @@ def _numeric(path: Path, name: str, cells: tuple[str, ...]) -> np.ndarray:
     return values
 
 
-def _classes(path: Path, label: str, cells: tuple[str, ...]) -> tuple[np.ndarray, list[str]]:
+def class_indices(path: Path, label: str, cells: tuple[str, ...]) -> tuple[np.ndarray, list[str]]:
     """Class index per row and the sorted class names."""
     labels = [cell.strip() for cell in cells]
     if "" in labels:

@@ -157,7 +157,7 @@ def plot_sensitivity(curves: Curves, path: str | Path, chosen: Mapping[str, floa
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from slimkit.io import atomic_path
+    from slimkit.report.figures import save_figure
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, points in curves.items():
@@ -170,9 +170,4 @@ def plot_sensitivity(curves: Curves, path: str | Path, chosen: Mapping[str, floa
     ax.set_title("Pruning sensitivity per layer")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -65,7 +65,7 @@ def metric_vs_size(report: dict[str, Any], path: Path) -> Path:
     ax.set_title("Metric vs size")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _merged_labels(points: list[tuple[str, dict[str, Any]]]) -> dict[tuple[float, float], str]:
@@ -89,10 +89,12 @@ def layer_sparsity(stats: list[dict[str, Any]], path: Path) -> Path:
     ax.set_title("Per-layer weights and non-zeros")
     ax.tick_params(axis="x", rotation=60, labelsize=7)
     ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def _save(fig: plt.Figure, path: Path) -> Path:
+def save_figure(fig: plt.Figure, path: str | Path) -> Path:
+    """Lay out ``fig``, write it as a PNG atomically (no half-written file) and close it."""
+    path = Path(path)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120, format="png")

@@ -19,7 +19,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display is needed or assumed
 import matplotlib.pyplot as plt
 
-from slimkit.io import atomic_path
+from slimkit.report.figures import save_figure
 
 Point = tuple[float, ...]
 
@@ -108,9 +108,4 @@ def plot_fronts(
     ax.set_title("Pareto front: metric vs cost (every trial, front as steps)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from slimkit.data.tabular import _classes, _csv_path, _read_rows
+from slimkit.data.tabular import class_indices, csv_path, labelled_columns
 from slimkit.errors import SlimkitError
 
 BUNDLED = ("iris", "wine", "breast_cancer", "digits")
@@ -60,7 +60,7 @@ def load_table(name: str, data_dir: Path | None = None, label: str = "label") ->
     if name in BUNDLED:
         return _bundled(name)
     if name == "csv":
-        return read_csv(_csv_path(Path(data_dir) if data_dir is not None else None), label)
+        return read_csv(csv_path(Path(data_dir) if data_dir is not None else None), label)
     raise SlimkitError(f"unknown data {name!r}; valid: {', '.join(DATA_NAMES)}")
 
 
@@ -89,23 +89,14 @@ def read_csv(path: Path, label: str = "label") -> Table:
         >>> t.categorical, t.has_missing
         ([1], True)
     """
-    header, rows = _read_rows(path)
-    if label not in header:
-        raise SlimkitError(
-            f"{path}: no label column {label!r}; columns present: {', '.join(header)}. "
-            "Name it with --label"
-        )
-    features = [name for name in header if name != label]
-    if not features:
-        raise SlimkitError(f"{path}: no feature columns besides the label column {label!r}")
-    columns = dict(zip(header, zip(*rows, strict=True), strict=True))
+    features, columns = labelled_columns(path, label)
     parsed = [_column(path, name, columns[name]) for name in features]
     categorical = [i for i, (_, is_text) in enumerate(parsed) if is_text]
     dtype = object if categorical else np.float64
-    x = np.empty((len(rows), len(features)), dtype=dtype)
+    x = np.empty((len(columns[label]), len(features)), dtype=dtype)
     for i, (values, _) in enumerate(parsed):
         x[:, i] = values
-    y, class_names = _classes(path, label, columns[label])
+    y, class_names = class_indices(path, label, columns[label])
     return Table(path.stem, x, y, features, categorical, class_names)
 
 

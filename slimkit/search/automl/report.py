@@ -172,7 +172,7 @@ def leaderboard_figure(leaderboard: list[dict[str, Any]], path: Path, title: str
         >>> leaderboard_figure(rows, Path(tempfile.mkdtemp()) / "lb.png").name
         'lb.png'
     """
-    from slimkit.report.figures import _save, plt
+    from slimkit.report.figures import plt, save_figure
 
     done = sorted(
         (r for r in leaderboard if r.get("cv_mean") is not None), key=lambda r: r["trial"]
@@ -204,7 +204,7 @@ def leaderboard_figure(leaderboard: list[dict[str, Any]], path: Path, title: str
         right.set_xlim(max(0.0, min(finite) - 0.05), 1.0)
     right.set_xlabel("best CV accuracy")
     right.set_title("best per family")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def config_summary(config: AutoMLConfig) -> str:
