@@ -8,6 +8,8 @@ The Python API runs the same steps as the command line, one call at a time:
     >>> _ = slimkit.fit(model, data, slimkit.TrainConfig(epochs=1), quiet=True)
     >>> 0.0 <= slimkit.evaluate(model, data.test) <= 1.0
     True
+
+``slimkit.load(path)`` reads back any model file slimkit wrote (checkpoint, ``.slim``, ONNX).
 """
 
 from __future__ import annotations
@@ -17,13 +19,15 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-# Public name -> module that defines it; imported on first use so `import slimkit` stays light.
+# Public name -> module that defines it (or "module:name"); imported on first use so that
+# `import slimkit` stays light.
 _API = {
     "SlimkitError": "slimkit.errors",
     "Dataset": "slimkit.data",
     "load_data": "slimkit.data",
     "build_model": "slimkit.models",
     "load_model": "slimkit.models",
+    "load": "slimkit.models:load_model",  # slimkit.load("model.slim"), as issue 5 names it
     "save_checkpoint": "slimkit.models",
     "TrainConfig": "slimkit.train",
     "fit": "slimkit.train",
@@ -40,5 +44,6 @@ __all__ = sorted(_API)
 
 def __getattr__(name: str) -> Any:
     if name in _API:
-        return getattr(importlib.import_module(_API[name]), name)
+        module, _, attr = _API[name].partition(":")
+        return getattr(importlib.import_module(module), attr or name)
     raise AttributeError(f"module 'slimkit' has no attribute {name!r}")

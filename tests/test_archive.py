@@ -132,3 +132,14 @@ def test_newer_version_refused(archive):
     archive.write_bytes(bytes(blob))
     with pytest.raises(SlimkitError, match=r"version 99.*upgrade"):
         load_slim(archive)
+
+
+def test_top_level_load_reads_a_slim_archive(tmp_path):
+    import slimkit
+    from slimkit.archive import save_slim
+    from slimkit.models import build_model
+
+    model = build_model("mlp", (1, 8, 8), 10).eval()
+    path = save_slim(model, tmp_path / "m.slim")
+    x = torch.randn(4, 1, 8, 8)
+    assert torch.equal(slimkit.load(path)(x), model(x))
