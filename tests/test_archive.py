@@ -143,3 +143,11 @@ def test_top_level_load_reads_a_slim_archive(tmp_path):
     path = save_slim(model, tmp_path / "m.slim")
     x = torch.randn(4, 1, 8, 8)
     assert torch.equal(slimkit.load(path)(x), model(x))
+
+
+def test_256_shared_values_plus_zero_encode_and_round_trip():
+    # 8-bit clustering of a pruned layer: 256 values and the zero do not fit one byte symbol
+    rng = np.random.default_rng(0)
+    w = rng.choice(np.linspace(-1, 1, 256, dtype=np.float32), size=4096)
+    w[rng.random(4096) < 0.5] = 0.0
+    np.testing.assert_array_equal(round_trip(w), w)

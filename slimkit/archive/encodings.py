@@ -62,8 +62,9 @@ def encode(array: np.ndarray) -> Encoded:
         flat = array.reshape(-1)
         codebook = np.unique(flat[flat != 0])
         nonzero = np.flatnonzero(flat)
-        if codebook.size <= MAX_CODEBOOK:
-            candidates.append(_codebook(flat, np.unique(flat)))
+        everything = np.unique(flat)  # the zero, if present, needs a code of its own
+        if everything.size <= MAX_CODEBOOK:
+            candidates.append(_codebook(flat, everything))
         if nonzero.size < flat.size // 2:
             for bits in INDEX_BITS:
                 candidates.append(

@@ -40,7 +40,8 @@ class ClusterConfig(BaseModel):
 
 
 def cluster(model: nn.Module, config: ClusterConfig | None = None) -> nn.Module:
-    """Share each selected layer's non-zero weights among ``2**bits`` values, in place.
+    """Share each selected layer's non-zero weights among ``2**bits`` values (``2**bits - 1``
+    when the layer has zeros, so that the zero and the shared values fit in ``bits``), in place.
 
     The layers get a :class:`SharedWeight` parametrization, so training the model (e.g. with
     :func:`slimkit.fit`) fine-tunes the shared values; :func:`finalize` bakes them in.
@@ -61,7 +62,10 @@ def cluster(model: nn.Module, config: ClusterConfig | None = None) -> nn.Module:
                 raise SlimkitError(f"layer {name!r} is already clustered")
             parametrize.remove_parametrizations(layer, "weight")  # bake e.g. a pruning mask in
         bits = bits_for(name, config.bits, config.layer_bits)
-        centroids, assignment = _kmeans(layer.weight.detach(), 2**bits, config)
+        # A pruned layer's zero takes one of the 2**bits codes (as Deep Compression's filler
+        # zero does), so its non-zeros share one value fewer and indices still fit in ``bits``.
+        pruned = bool((layer.weight == 0).any())
+        centroids, assignment = _kmeans(layer.weight.detach(), 2**bits - pruned, config)
         parametrize.register_parametrization(
             layer, "weight", SharedWeight(centroids, assignment), unsafe=True
         )
