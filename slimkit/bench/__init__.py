@@ -54,6 +54,22 @@ class BenchContext:
         save_checkpoint(model, path, extra={"key": key})
         return model
 
+    def baseline(self, model: str, data: Any, data_name: str, train: dict[str, Any]) -> nn.Module:
+        """The zoo ``model`` trained on ``data`` with ``train`` settings, from the cache when it
+        is there (keyed by model, settings, seed and data name)."""
+        from slimkit.models import build_model
+        from slimkit.train import TrainConfig, fit, seed_everything
+
+        key = {"name": model, "train": train, "seed": self.seed, "data": data_name}
+
+        def make() -> nn.Module:
+            seed_everything(self.seed)
+            net = build_model(model, data.input_shape, data.num_classes)
+            fit(net, data, TrainConfig(**train, seed=self.seed), quiet=True)
+            return net
+
+        return self.cached_model(key, make)
+
 
 Benchmark = Callable[[BenchContext], dict[str, Any]]
 BENCHMARKS: Registry[Benchmark] = Registry("benchmark")

@@ -31,7 +31,7 @@ from slimkit.data import Dataset, load_data
 from slimkit.distill import DistillConfig, DistillLoss, TeacherLogits
 from slimkit.layers import select_layers
 from slimkit.measure import count_nonzero, count_params, measure
-from slimkit.models import build_model, save_checkpoint
+from slimkit.models import save_checkpoint
 from slimkit.prune import PruneConfig, plot_sensitivity, prune
 from slimkit.report import build_report
 from slimkit.train import TrainConfig, fit, seed_everything
@@ -64,15 +64,7 @@ KD = DistillConfig(temperature=4.0, alpha=0.7)
 
 def baseline_model(ctx: BenchContext, data: Dataset, settings: dict[str, Any]) -> nn.Module:
     """The dense baseline trained with ``settings["train"]``, from the cache when it is there."""
-    key = {"name": settings["model"], "train": settings["train"], "seed": ctx.seed, "data": "mnist"}
-
-    def make() -> nn.Module:
-        seed_everything(ctx.seed)
-        model = build_model(settings["model"], data.input_shape, data.num_classes)
-        fit(model, data, TrainConfig(**settings["train"], seed=ctx.seed), quiet=True)
-        return model
-
-    return ctx.cached_model(key, make)
+    return ctx.baseline(settings["model"], data, "mnist", settings["train"])
 
 
 def _sparsity_for(model: nn.Module, layers: dict[str, nn.Module], ratio: float) -> float:

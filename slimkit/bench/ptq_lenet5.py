@@ -24,10 +24,9 @@ from torch import nn
 from slimkit.bench import BENCHMARKS, BenchContext
 from slimkit.data import Dataset, load_data
 from slimkit.measure import evaluate, export_onnx, file_size, measure, ort_latency_ms
-from slimkit.models import OnnxModule, build_model
+from slimkit.models import OnnxModule
 from slimkit.quant import QuantConfig, export_int8, integer_report, quantize
 from slimkit.report import build_report
-from slimkit.train import TrainConfig, fit, seed_everything
 
 # The same baseline as prune-lenet5 (issue 3), so both benchmarks share one cached model.
 TRAIN = {"optimizer": "sgd", "momentum": 0.9, "nesterov": True, "schedule": "cosine",
@@ -39,15 +38,7 @@ MIN_SHRINK = 3.5
 
 
 def _baseline(ctx: BenchContext, data: Dataset) -> nn.Module:
-    key = {"name": "lenet5", "train": TRAIN, "seed": ctx.seed, "data": "mnist"}
-
-    def make() -> nn.Module:
-        seed_everything(ctx.seed)
-        model = build_model("lenet5", data.input_shape, data.num_classes)
-        fit(model, data, TrainConfig(**TRAIN, seed=ctx.seed), quiet=True)
-        return model
-
-    return ctx.cached_model(key, make)
+    return ctx.baseline("lenet5", data, "mnist", TRAIN)
 
 
 def _latencies_b64(paths: list[Path], data: Dataset, threads: int, rounds: int = 5) -> list[float]:

@@ -23,7 +23,7 @@ from torch import nn
 from slimkit.bench import BENCHMARKS, BenchContext
 from slimkit.data import Dataset, load_data
 from slimkit.measure import count_macs, measure
-from slimkit.models import build_model, save_checkpoint
+from slimkit.models import save_checkpoint
 from slimkit.prune import PruneConfig, prune
 from slimkit.report import build_report
 from slimkit.train import TrainConfig, fit, seed_everything
@@ -37,15 +37,7 @@ TARGETS = {"macs_removed": 0.5, "accuracy_drop_max": 0.01, "ort_b64_speedup": 1.
 
 
 def _baseline(ctx: BenchContext, data: Dataset) -> nn.Module:
-    key = {"name": "resnet20", "train": TRAIN, "seed": ctx.seed, "data": "fashion-mnist"}
-
-    def make() -> nn.Module:
-        seed_everything(ctx.seed)
-        model = build_model("resnet20", data.input_shape, data.num_classes)
-        fit(model, data, TrainConfig(**TRAIN, seed=ctx.seed), quiet=True)
-        return model
-
-    return ctx.cached_model(key, make)
+    return ctx.baseline("resnet20", data, "fashion-mnist", TRAIN)
 
 
 def _torch_pruning(

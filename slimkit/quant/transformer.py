@@ -25,7 +25,7 @@ from slimkit.io import atomic_path
 from slimkit.measure._common import quiet, root_cause
 from slimkit.quant.config import QuantConfig, as_config
 from slimkit.quant.dynamic import prepare_dynamic, quantize_onnx_dynamic
-from slimkit.quant.smooth import bert_groups, input_absmax, smooth
+from slimkit.quant.smooth import SmoothGroup, bert_groups, input_absmax, smooth
 
 Batch = dict[str, torch.Tensor]
 INPUTS = ("input_ids", "attention_mask")
@@ -193,7 +193,13 @@ def quantize_embedder(
     return QuantizedEmbedder(smoothed, fake, float_layers, alphas, sensitivity)
 
 
-def _smoothed_pair(model, groups, stats, alpha, cfg):
+def _smoothed_pair(
+    model: nn.Module,
+    groups: list[SmoothGroup],
+    stats: dict[str, torch.Tensor],
+    alpha: float,
+    cfg: QuantConfig,
+) -> tuple[nn.Module, nn.Module, dict[str, float]]:
     """(smoothed float model, its fake-quantized copy, alphas used)."""
     smoothed = copy.deepcopy(model).eval()
     alphas = smooth(smoothed, groups, stats, alpha) if groups else {}
