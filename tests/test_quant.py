@@ -3,6 +3,7 @@ weight-only packing, QAT, mixed precision, checkpoints, the stage and bad input.
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import numpy as np
@@ -236,6 +237,93 @@ def test_dynamic_onnx_stores_embedding_tables_as_int8_rows(tmp_path):
     out = session.run(None, {session.get_inputs()[0].name: ids.numpy()})[0]
     with torch.no_grad():
         np.testing.assert_allclose(out, model(ids).numpy(), atol=0.02)
+
+
+# --- per-token dynamic quantization ----------------------------------------------------------
+
+
+def _per_token_onnx(model: nn.Module, tmp_path, cfg: QuantConfig, width: int):
+    import onnxruntime as ort
+
+    from slimkit.quant.dynamic import quantize_onnx_dynamic
+
+    src = export_onnx(model, tmp_path / "f.onnx", (width,))
+    dst = tmp_path / f"{cfg.granularity}.onnx"
+    quantize_onnx_dynamic(src, dst, cfg)
+    session = ort.InferenceSession(str(dst), providers=["CPUExecutionProvider"])
+    return lambda x: session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+
+
+def test_per_token_onnx_matches_fake_quant_and_beats_per_tensor(tmp_path):
+    from slimkit.quant.dynamic import prepare_dynamic
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 64), nn.GELU(), nn.Linear(64, 8)).eval()
+    x = torch.randn(40, 32)
+    x[0] *= 40.0  # one outlier token, as [CLS] is in a transformer
+    token = QuantConfig(mode="dynamic", granularity="token", reduce_range=True)
+    got = _per_token_onnx(model, tmp_path, token, 32)(x)
+    with torch.no_grad():
+        exact = model(x).numpy()
+        fake = prepare_dynamic(copy.deepcopy(model), token)(x).numpy()
+    np.testing.assert_allclose(got, fake, atol=1e-4)  # same ranges, same integers
+    tensor = QuantConfig(mode="dynamic", reduce_range=True)
+    per_tensor = _per_token_onnx(model, tmp_path, tensor, 32)(x)
+    token_err, tensor_err = np.abs(got - exact)[1:].max(), np.abs(per_tensor - exact)[1:].max()
+    assert token_err < tensor_err / 4  # the ordinary tokens keep their resolution
+
+
+def test_per_token_onnx_never_saturates_int8_pair_sums(tmp_path):
+    # every weight at +127 after quantization and inputs at the top of the grid: 8-bit u8 values
+    # would overflow u8 x s8 pair sums (2 * 255 * 127 > 2**15) on CPUs without VNNI
+    model = nn.Sequential(nn.Linear(64, 4)).eval()
+    with torch.no_grad():
+        model[0].weight.fill_(0.5)
+        model[0].bias.zero_()
+    x = torch.rand(16, 64) + torch.linspace(0, 1, 64)
+    cfg = QuantConfig(mode="dynamic", granularity="token", reduce_range=True)
+    got = _per_token_onnx(model, tmp_path, cfg, 64)(x)
+    with torch.no_grad():
+        np.testing.assert_allclose(got, model(x).numpy(), rtol=0.01)
+
+
+def test_correction_rows_cancel_column_sums_within_int8():
+    from slimkit.quant.per_token import correction_rows
+
+    q = np.random.default_rng(0).integers(-127, 128, (300, 16)).astype(np.int8)
+    q[:, 0] = 127  # a column summing to 38,100
+    rows = correction_rows(q)
+    assert rows.dtype == np.int8 and len(rows) == 300
+    assert (rows.astype(int).sum(0) == -q.astype(int).sum(0)).all()
+
+
+def test_per_token_takes_reduce_range_bit_from_activations():
+    from slimkit.quant.api import activation_scheme, weight_scheme
+
+    token = QuantConfig(mode="dynamic", granularity="token", reduce_range=True)
+    tensor = QuantConfig(mode="dynamic", reduce_range=True)
+    assert (weight_scheme(token).bits, activation_scheme(token).bits) == (8, 7)
+    assert (weight_scheme(tensor).bits, activation_scheme(tensor).bits) == (7, 8)
+    plain = QuantConfig(mode="dynamic", granularity="token", reduce_range=False)
+    assert activation_scheme(plain).bits == 8
+    with pytest.raises(SlimkitError, match="granularity 'token' applies to mode 'dynamic'"):
+        quantize(nn.Linear(2, 2), mode="static", granularity="token")
+
+
+def test_balance_signs_keeps_outputs_and_shrinks_column_sums():
+    from slimkit.quant.smooth import SmoothGroup, balance_signs, input_absmax, smooth
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(48, 24))
+    with torch.no_grad():
+        net[0].weight.add_(0.3)  # columns of one sign: large sums
+    x = torch.randn(8, 48)
+    stats = input_absmax(net, ["0"], lambda m: m(x))
+    smooth(net, [SmoothGroup(["0"])], stats, alpha=0.5)
+    before, sums = net(x).detach(), net[0].weight.sum(1).abs().max()
+    balance_signs(net, [SmoothGroup(["0"])])
+    torch.testing.assert_close(net(x).detach(), before, atol=1e-5, rtol=1e-5)
+    assert net[0].weight.sum(1).abs().max() < sums / 3
 
 
 @pytest.mark.parametrize(("bits", "group"), [(8, None), (4, 32)])

@@ -85,14 +85,23 @@ def weight_scheme(cfg: QuantConfig) -> QScheme:
     7-bit weights cannot overflow (ONNX Runtime's quantization guide, "reduce_range").
     """
     bits = cfg.weight_bits
-    if cfg.weight_bits == 8 and _reduce_range(cfg.reduce_range):
+    if cfg.weight_bits == 8 and cfg.granularity == "tensor" and _reduce_range(cfg.reduce_range):
         bits = 7
     return QScheme(bits=bits, symmetric=True, signed=True, axis=0 if cfg.per_channel else None)
 
 
 def activation_scheme(cfg: QuantConfig) -> QScheme:
-    """The activation grid: unsigned, affine, per tensor (ONNX Runtime's u8 activations)."""
-    return QScheme(bits=cfg.activation_bits, symmetric=False, signed=False)
+    """The activation grid: unsigned, affine (ONNX Runtime's u8 activations).
+
+    Per token, ``reduce_range`` takes its bit from the activations instead of the weights:
+    every row then has values at both ends of its grid, so u8 values up to 255 would often
+    saturate the u8 x s8 pair sums; values up to 127 never can (2 * 127 * 127 < 2**15), whatever
+    the 8-bit weights.
+    """
+    bits = cfg.activation_bits
+    if bits == 8 and cfg.granularity == "token" and _reduce_range(cfg.reduce_range):
+        bits = 7
+    return QScheme(bits=bits, symmetric=False, signed=False)
 
 
 def _reduce_range(setting: bool | str) -> bool:

@@ -10,6 +10,7 @@ from slimkit.errors import SlimkitError
 from slimkit.quant.observers import OBSERVERS
 
 Mode = Literal["static", "dynamic", "weight-only", "qat"]
+Granularity = Literal["tensor", "token"]
 
 
 class QuantConfig(BaseModel):
@@ -19,7 +20,9 @@ class QuantConfig(BaseModel):
         ``static``: int8 weights and activations, activation ranges calibrated on
         ``calibration_batches`` batches of training data; exported as ONNX QDQ.
         ``dynamic``: int8 weights of Linear/MatMul layers, activations quantized at run time
-        (no calibration data needed); exported with ONNX Runtime's DynamicQuantizeMatMul.
+        (no calibration data needed). ``granularity="tensor"`` gives each activation tensor one
+        range (ONNX Runtime's DynamicQuantizeMatMul); ``"token"`` gives each row (token) its
+        own, which transformers need: a few tokens carry activations 10x larger than the rest.
         ``weight-only``: int8 or group-wise int4 weights, float compute; saved packed.
         ``qat``: ``static``, then ``qat_epochs`` of fine-tuning through the fake quantizers.
 
@@ -52,6 +55,7 @@ class QuantConfig(BaseModel):
     qat_lr: float = Field(1e-4, gt=0)
     lsq: bool = False
     smooth_alpha: float | None = Field(None, ge=0, le=1)
+    granularity: Granularity = Field("tensor", description="dynamic activation ranges")
     min_top1_agreement: float = Field(0.99, ge=0, le=1)
 
     @field_validator("weight_bits", "activation_bits")
@@ -74,6 +78,8 @@ class QuantConfig(BaseModel):
             raise ValueError("weight_observer 'entropy' is for activations; use minmax or mse")
         if self.group_size is not None and self.mode != "weight-only":
             raise ValueError("group_size applies to mode 'weight-only' only")
+        if self.granularity == "token" and self.mode != "dynamic":
+            raise ValueError("granularity 'token' applies to mode 'dynamic' only")
         if self.mode == "weight-only" and self.weight_bits not in (4, 8):
             raise ValueError("weight-only quantization stores 8- or 4-bit weights")
         return self

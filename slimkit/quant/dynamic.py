@@ -60,7 +60,7 @@ def prepare_dynamic(model: nn.Module, cfg: QuantConfig) -> nn.Module:
         parametrize.register_parametrization(layer, "weight", quant)
         quant.calibrate(layer.parametrizations.weight.original.detach())
         quant.observer = None
-        layer.input_quant = DynamicActFakeQuant()
+        layer.input_quant = act_quant(cfg)
         layer.register_forward_pre_hook(_quant_input)
         count += 1
     if count == 0:
@@ -70,6 +70,16 @@ def prepare_dynamic(model: nn.Module, cfg: QuantConfig) -> nn.Module:
         if big and not _skipped(name, cfg.skip):  # as the ONNX rewrite stores them
             parametrize.register_parametrization(layer, "weight", RowInt8())
     return model
+
+
+def act_quant(cfg: QuantConfig) -> DynamicActFakeQuant:
+    """The run-time input quantizer ONNX Runtime will apply: 8-bit per tensor
+    (DynamicQuantizeMatMul), or per token as :mod:`slimkit.quant.per_token` writes it."""
+    from slimkit.quant.api import activation_scheme
+
+    if cfg.granularity == "token":
+        return DynamicActFakeQuant(activation_scheme(cfg), per_token=True)
+    return DynamicActFakeQuant()
 
 
 class RowInt8(nn.Module):
@@ -151,7 +161,7 @@ class _Rewriter:
             for name in node.input:
                 consumers.setdefault(name, []).append(node)
         removed: set[int] = set()
-        new_nodes: dict[int, Any] = {}
+        plans: dict[int, tuple[Any, np.ndarray, str, str]] = {}
         for index, node in enumerate(self.graph.node):
             weight = self._weight(node)
             if weight is None:
@@ -166,13 +176,16 @@ class _Rewriter:
             bias, output, add = self._bias(node, consumers, w.shape[1])
             if add is not None:
                 removed.add(id(add))
-            new_nodes[index] = self._make(node, w, bias, output)
-            self.quantized += 1
+            plans[index] = (node, w, bias, output)
+        new_nodes = self._per_token(plans) if self.cfg.granularity == "token" else {
+            index: [self._make(*plan)] for index, plan in plans.items()
+        }  # fmt: skip
+        self.quantized = len(plans)
         nodes = []
         for index, node in enumerate(self.graph.node):
             if id(node) in removed:
                 continue
-            nodes.extend(self._gather(node) or [new_nodes.get(index, node)])
+            nodes.extend(self._gather(node) or new_nodes.get(index, [node]))
         del self.graph.node[:]
         self.graph.node.extend(nodes)
         self._drop_unused()
@@ -201,6 +214,21 @@ class _Rewriter:
             if init is not None and list(init.dims) == [width]:
                 return other[0], add.output[0], add
         return "", node.output[0], None
+
+    def _per_token(self, plans: dict[int, tuple[Any, np.ndarray, str, str]]) -> dict[int, list]:
+        from slimkit.quant.api import activation_scheme
+        from slimkit.quant.per_token import PerTokenMatMuls, use_opset
+
+        use_opset(self.model)
+        weights = {}
+        for index, (node, w, _, _) in plans.items():
+            q, scale, _ = weight_qparams(w, self.cfg, axis=1)  # symmetric: zero points are 0
+            weights[str(index)] = (node.input[0], q, scale)
+        builder = PerTokenMatMuls(self.graph, weights, activation_scheme(self.cfg).bits)
+        return {
+            index: builder.nodes(str(index), node.input[1] or node.name, bias, output)
+            for index, (node, _, bias, output) in plans.items()
+        }
 
     def _make(self, node: Any, w: np.ndarray, bias: str, output: str) -> Any:
         from onnx import helper, numpy_helper

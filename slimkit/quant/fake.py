@@ -228,17 +228,22 @@ class ActFakeQuant(FakeQuant):
 
 
 class DynamicActFakeQuant(nn.Module):
-    """Quantizes an activation with the range of the tensor itself, as ONNX Runtime's
-    DynamicQuantizeLinear does at run time: uint8, affine, per tensor.
+    """Quantizes an activation with its own range at run time, as ONNX Runtime does: uint8,
+    affine, one range per tensor (DynamicQuantizeLinear) or, with ``per_token``, one per row
+    of the last axis (a token of a transformer; see :mod:`slimkit.quant.per_token`).
 
     Example:
         >>> [round(v, 4) for v in DynamicActFakeQuant()(torch.tensor([0.0, 1.0, 2.55])).tolist()]
         [0.0, 1.0, 2.55]
+        >>> rows = torch.tensor([[0.0, 1.0], [0.0, 100.0]])
+        >>> DynamicActFakeQuant(per_token=True)(rows).tolist()  # the small row keeps its detail
+        [[0.0, 1.0], [0.0, 100.0]]
     """
 
-    def __init__(self, scheme: QScheme | None = None) -> None:
+    def __init__(self, scheme: QScheme | None = None, per_token: bool = False) -> None:
         super().__init__()
         self.scheme = scheme or QScheme(bits=8, symmetric=False, signed=False)
+        self.per_token = per_token
         self.mode = "quant"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -246,6 +251,11 @@ class DynamicActFakeQuant(nn.Module):
             return x
         from slimkit.quant.observers import qparams_from_range
 
-        scale, zero = qparams_from_range(x.detach().amin(), x.detach().amax(), self.scheme)
         qmin, qmax = self.scheme.range
-        return torch.fake_quantize_per_tensor_affine(x, scale, zero, qmin, qmax)
+        if not self.per_token:
+            scale, zero = qparams_from_range(x.detach().amin(), x.detach().amax(), self.scheme)
+            return torch.fake_quantize_per_tensor_affine(x, scale, zero, qmin, qmax)
+        lo, hi = x.detach().amin(-1, keepdim=True), x.detach().amax(-1, keepdim=True)
+        scale, zero = qparams_from_range(lo, hi, self.scheme)
+        q = torch.clamp(_round_ste(x / scale) + zero, qmin, qmax)
+        return (q - zero) * scale

@@ -165,14 +165,16 @@ def smooth(
     return chosen
 
 
-def bert_groups(model: nn.Module, ffn_output: bool = True) -> list[SmoothGroup]:
+def bert_groups(model: nn.Module, norm_inputs_only: bool = False) -> list[SmoothGroup]:
     """Smoothing groups of a BERT-style Hugging Face encoder (BERT, MiniLM, RoBERTa).
 
     BERT normalises after the residual addition (post-LN), so a LayerNorm's output is also the
     residual stream and the smoothing cannot fold into it: every group gets an explicit
     per-channel scale (a ``Mul``, cheap next to the MatMul). Groups: query/key/value (one
-    shared scale), the attention output, the FFN's first Linear and, with ``ffn_output``, its
-    second (after GELU).
+    shared scale) and the FFN's first Linear, which read a LayerNorm's output, and unless
+    ``norm_inputs_only``, the attention output and the FFN's second Linear (after GELU).
+    Per-token quantization wants only the first two: the others' outliers are per token,
+    which per-token ranges already absorb, and their Muls would cost time for no fidelity.
 
     Example:
         >>> bert_groups(nn.Linear(2, 2))
@@ -189,8 +191,52 @@ def bert_groups(model: nn.Module, ffn_output: bool = True) -> list[SmoothGroup]:
         groups.append(
             SmoothGroup([f"{block}.attention.self.{p}" for p in ("query", "key", "value")])
         )
-        groups.append(SmoothGroup([f"{block}.attention.output.dense"]))
         groups.append(SmoothGroup([f"{block}.intermediate.dense"]))
-        if ffn_output:
-            groups.append(SmoothGroup([f"{block}.output.dense"], None))
+        if not norm_inputs_only:
+            groups.append(SmoothGroup([f"{block}.attention.output.dense"]))
+            groups.append(SmoothGroup([f"{block}.output.dense"]))
     return groups
+
+
+def balance_signs(model: nn.Module, groups: list[SmoothGroup], passes: int = 8) -> None:
+    """Negate input channels of each group with an explicit smoothing ``Mul`` (its scale and
+    its Linears' weight columns together, so float outputs are unchanged) to make the column
+    sums of the int8 weights small.
+
+    Per-token quantization subtracts each row's zero point inside the integer GEMM with extra
+    weight rows holding minus those sums (:func:`slimkit.quant.per_token.correction_rows`);
+    smaller sums need fewer rows. Greedy sign flips, a few passes over the channels.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(4, 2))
+        >>> with torch.no_grad():
+        ...     _ = net[0].weight.copy_(torch.tensor([[1.0, 1, 1, -0.5], [1.0, 1, 1, 0.5]]))
+        >>> net[0].register_buffer("smooth_inv", torch.ones(4))
+        >>> net[0].weight.sum(1).tolist()
+        [2.5, 3.5]
+        >>> balance_signs(net, [SmoothGroup(["0"])])
+        >>> net[0].weight.sum(1).tolist()
+        [0.5, 1.5]
+    """
+    for group in groups:
+        linears = [model.get_submodule(name) for name in group.linears]
+        if group.norm is not None or not all(hasattr(lin, "smooth_inv") for lin in linears):
+            continue
+        with torch.no_grad():
+            w = torch.cat([lin.weight for lin in linears]).double()  # [N, K]
+            q = (w / w.abs().amax(1, keepdim=True).clamp(min=1e-12) * 127).T  # int8 grid [K, N]
+            signs = torch.ones(q.shape[0], dtype=q.dtype)
+            total = q.sum(0)
+            for _ in range(passes):
+                flipped = False
+                for k in range(q.shape[0]):
+                    trial = total - 2 * signs[k] * q[k]
+                    if trial.square().sum() < total.square().sum():
+                        total, signs[k], flipped = trial, -signs[k], True
+                if not flipped:
+                    break
+            signs = signs.float()
+            for lin in linears:
+                lin.weight.mul_(signs)
+            for inverse in {id(lin.smooth_inv): lin.smooth_inv for lin in linears}.values():
+                inverse.mul_(signs)  # usually one tensor shared by the group

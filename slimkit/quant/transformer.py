@@ -1,9 +1,10 @@
 """Sentence-embedding transformers (all-MiniLM-L6-v2 and other BERT-style encoders): loading,
 tokenised batches, ONNX export with dynamic batch and sequence axes, and int8 quantization.
 
-The quantized path is dynamic int8 (weights per channel, activations per call) after SmoothQuant
-(Xiao et al. 2023) with explicit per-channel scales, keeping float only the Linears whose
-quantization costs the most fidelity until the cosine budget is met (mixed precision).
+The quantized path is dynamic int8: weights per channel, activations quantized at run time per
+token (:mod:`slimkit.quant.per_token`) after SmoothQuant (Xiao et al. 2023) on the Linears that
+read a LayerNorm's output; mixed precision keeps float the Linears whose quantization costs the
+most fidelity, if that is what it takes to meet the cosine budget.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from slimkit.io import atomic_path
 from slimkit.measure._common import quiet, root_cause
 from slimkit.quant.config import QuantConfig, as_config
 from slimkit.quant.dynamic import prepare_dynamic, quantize_onnx_dynamic
-from slimkit.quant.smooth import SmoothGroup, bert_groups, input_absmax, smooth
+from slimkit.quant.smooth import SmoothGroup, balance_signs, bert_groups, input_absmax, smooth
 
 Batch = dict[str, torch.Tensor]
 INPUTS = ("input_ids", "attention_mask")
@@ -153,6 +154,7 @@ class QuantizedEmbedder:
 
     smoothed: nn.Module  # float, with SmoothQuant's scales: the graph that is exported
     fake_quant: nn.Module  # the same with int8 fake quantization, for evaluation
+    config: QuantConfig
     float_layers: list[str] = field(default_factory=list)
     alphas: dict[str, float] = field(default_factory=dict)
     sensitivity: dict[str, float] = field(default_factory=dict)
@@ -166,20 +168,24 @@ def quantize_embedder(
 ) -> QuantizedEmbedder:
     """Dynamic int8 for a sentence embedder: SmoothQuant, then mixed precision within a budget.
 
-    ``config.smooth_alpha`` (default 0.75 here) sets SmoothQuant's migration strength;
-    ``config.accuracy_budget`` is the allowed loss of mean cosine similarity to the float
-    embeddings on the calibration batches (default 0.001): the Linears whose quantization costs
-    the most are kept float, one at a time, until the loss fits.
+    Activations are quantized per token unless ``config.granularity`` says ``"tensor"``.
+    ``config.smooth_alpha`` (default 0.5 per token, 0.75 per tensor) sets SmoothQuant's
+    migration strength; ``config.accuracy_budget`` is the allowed loss of mean cosine similarity
+    to the float embeddings on the calibration batches (default 0.001): the Linears whose
+    quantization costs the most are kept float, one at a time, until the loss fits.
 
     Example:
         >>> embedder, tok = load_minilm()  # doctest: +SKIP
         >>> q = quantize_embedder(embedder, tokenize(tok, ["a", "b c"]))  # doctest: +SKIP
     """
     cfg = as_config(config, mode="dynamic", **overrides)
+    if "granularity" not in cfg.model_fields_set:
+        cfg = cfg.model_copy(update={"granularity": "token"})
     if not calibration:
         raise SlimkitError("calibration data is empty: give at least one tokenised batch")
-    alpha = 0.75 if cfg.smooth_alpha is None else cfg.smooth_alpha
-    groups = bert_groups(model) if alpha > 0 else []
+    per_token = cfg.granularity == "token"
+    alpha = (0.5 if per_token else 0.75) if cfg.smooth_alpha is None else cfg.smooth_alpha
+    groups = bert_groups(model, norm_inputs_only=per_token) if alpha > 0 else []
     stats = {}
     if groups:  # smoothing scales a Linear's own input only, so float statistics stay valid
         stats = input_absmax(model, [g.linears[0] for g in groups], _runner(calibration))
@@ -190,7 +196,7 @@ def quantize_embedder(
         kept = cfg.model_copy(update={"skip": [*cfg.skip, *float_layers]})
         groups = [g for g in groups if not set(g.linears) <= set(float_layers)]
         smoothed, fake, alphas = _smoothed_pair(model, groups, stats, alpha, kept)
-    return QuantizedEmbedder(smoothed, fake, float_layers, alphas, sensitivity)
+    return QuantizedEmbedder(smoothed, fake, cfg, float_layers, alphas, sensitivity)
 
 
 def _smoothed_pair(
@@ -203,6 +209,8 @@ def _smoothed_pair(
     """(smoothed float model, its fake-quantized copy, alphas used)."""
     smoothed = copy.deepcopy(model).eval()
     alphas = smooth(smoothed, groups, stats, alpha) if groups else {}
+    if cfg.granularity == "token":  # fewer zero-point correction rows; floats unchanged
+        balance_signs(smoothed, groups)
     return smoothed, prepare_dynamic(copy.deepcopy(smoothed), cfg), alphas
 
 
@@ -272,14 +280,13 @@ def _keep_float(
     return kept, sensitivity
 
 
-def export_quantized_embedder(
-    result: QuantizedEmbedder, path: str | Path, example: Batch, config: QuantConfig | None = None
-) -> dict[str, Any]:
+def export_quantized_embedder(result: QuantizedEmbedder, path: str | Path, example: Batch
+                              ) -> dict[str, Any]:  # fmt: skip
     """Write the int8 ONNX model: the smoothed float graph, its Linears rewritten to ONNX
-    Runtime's DynamicQuantizeMatMul with slimkit's weight scales; kept-float layers untouched."""
+    Runtime's integer GEMMs (per token or per tensor, as quantized) with slimkit's weight
+    scales; kept-float layers untouched."""
     import tempfile
 
-    cfg = config or QuantConfig(mode="dynamic")
     with tempfile.TemporaryDirectory(prefix="slimkit-minilm-") as tmp:
         float_path = export_embedder(result.smoothed, Path(tmp) / "smoothed.onnx", example)
-        return quantize_onnx_dynamic(float_path, path, cfg, skip=result.float_layers)
+        return quantize_onnx_dynamic(float_path, path, result.config, skip=result.float_layers)
