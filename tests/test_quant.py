@@ -421,6 +421,7 @@ def test_minilm_dynamic_int8_on_a_few_sentences(tmp_path):
     sentences = ["a gripping, funny film", "dull and far too long", "it is what it is", "wow"]
     batches = tokenize(tokenizer, sentences, batch_size=2)
     result = quantize_embedder(embedder, batches, accuracy_budget=1.0)
+    assert result.config.granularity == "token" and result.float_layers == []
     reference = embed(embedder, batches)
     assert cosine(embed(result.fake_quant, batches), reference).min() > 0.98
     done = export_quantized_embedder(result, tmp_path / "q.onnx", batches[0])

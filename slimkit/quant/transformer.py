@@ -44,6 +44,8 @@ class SentenceEmbedder(nn.Module):
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
+        if getattr(model, "pooler", None) is not None:
+            model.pooler = None  # BERT's [CLS] pooler: unused by mean pooling, so not computed
         self.model = model
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
