@@ -14,8 +14,9 @@ The Python API runs the same steps as the command line, one call at a time:
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
+
+from slimkit.lazy import lazy_attribute
 
 __version__ = "0.1.0"
 
@@ -43,7 +44,4 @@ __all__ = sorted(_API)
 
 
 def __getattr__(name: str) -> Any:
-    if name in _API:
-        module, _, attr = _API[name].partition(":")
-        return getattr(importlib.import_module(module), attr or name)
-    raise AttributeError(f"module 'slimkit' has no attribute {name!r}")
+    return lazy_attribute(_API, __name__, name)

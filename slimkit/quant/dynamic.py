@@ -82,12 +82,24 @@ def act_quant(cfg: QuantConfig) -> DynamicActFakeQuant:
     return DynamicActFakeQuant()
 
 
+def row_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(int8 values as floats, one scale per row): symmetric, as embedding tables are stored.
+
+    Example:
+        >>> q, scale = row_int8(torch.tensor([[1.0, -0.5], [0.0, 2.0]]))
+        >>> q.tolist(), [round(s, 4) for s in scale.flatten().tolist()]
+        ([[127.0, -64.0], [0.0, 127.0]], [0.0079, 0.0157])
+    """
+    scale = w.abs().amax(dim=1, keepdim=True).clamp_min(1e-12) / 127.0
+    return torch.clamp(torch.round(w / scale), -127, 127), scale
+
+
 class RowInt8(nn.Module):
     """Symmetric int8 with one scale per row: an embedding table as the ONNX rewrite stores it."""
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        scale = w.abs().amax(dim=1, keepdim=True).clamp_min(1e-12) / 127.0
-        return torch.clamp(torch.round(w / scale), -127, 127) * scale
+        q, scale = row_int8(w)
+        return q * scale
 
 
 def weight_qparams(
@@ -262,16 +274,14 @@ class _Rewriter:
         if any(_skipped(n, self.skip) for n in (node.name, node.input[0], scope) if n):
             self.kept.append(scope or node.name or node.input[0])
             return None
-        w = numpy_helper.to_array(table)
-        scale = np.maximum(np.abs(w).max(axis=1, keepdims=True), 1e-12) / 127.0
-        q = np.clip(np.round(w / scale), -127, 127).astype(np.int8)
+        q, scale = row_int8(torch.from_numpy(numpy_helper.to_array(table).copy()))
         base = node.input[0].replace("/", "_")
         names = {
             k: f"{base}_{k}" for k in ("quantized", "row_scale", "rows", "row_scales", "float")
         }
         self.graph.initializer.extend([
-            numpy_helper.from_array(q, names["quantized"]),
-            numpy_helper.from_array(scale.astype(np.float32), names["row_scale"]),
+            numpy_helper.from_array(q.to(torch.int8).numpy(), names["quantized"]),
+            numpy_helper.from_array(scale.numpy(), names["row_scale"]),
         ])  # fmt: skip
         index, out = node.input[1], node.output[0]
         self.quantized += 1

@@ -1,10 +1,11 @@
 """Per-token dynamic quantization in ONNX: every row of an activation gets its own int8 range.
 
-In a transformer a few tokens ([CLS], padding) carry activations ten times larger than the
-others, so one range per tensor (ONNX Runtime's DynamicQuantizeMatMul) leaves the ordinary tokens
-a few levels each. Per-token ranges are the remedy of LLM.int8() (Dettmers et al. 2022) and
-ZeroQuant (Yao et al. 2022). ONNX Runtime has no per-row kernel, so the rewrite spells it out
-with standard ops around its integer GEMM (``MatMulIntegerToFloat``)::
+In a transformer a few tokens ([CLS], padding) carry activations several times larger than the
+others (4 to 7 times the typical token's range on all-MiniLM-L6-v2), so one range per tensor
+(ONNX Runtime's DynamicQuantizeMatMul) leaves the ordinary tokens a few levels each. Per-token
+ranges are the remedy of LLM.int8() (Dettmers et al. 2022) and ZeroQuant (Yao et al. 2022).
+ONNX Runtime has no per-row kernel, so the rewrite spells it out with standard ops around its
+integer GEMM (``MatMulIntegerToFloat``)::
 
     hi, lo = ReduceMax(x), ReduceMin(x)          # per row, widened to include 0
     s = (hi - lo) / qmax;  z = round(-lo / s)    # per-row scale and zero point
@@ -15,9 +16,9 @@ The GEMM's zero point can only be a scalar, so each row's ``z`` is subtracted in
 instead: ``R`` columns holding ``z`` are appended to ``q`` and ``R`` rows ``C`` (summing to minus
 the column sums of the int8 weights, each entry within int8) to ``W``, which adds
 ``-z * sum_k W[k, n]``: exactly the zero-point correction, in integer arithmetic, at the cost of
-``R`` (typically 1-5% of K) extra inner-product terms. Activations use at most 7 bits where the
-CPU needs ``reduce_range`` (see :func:`slimkit.quant.api.activation_scheme`), so u8 x s8 pair
-sums never saturate.
+``R`` extra inner-product terms (9 to 56 on MiniLM, against K = 384 or 1536). Activations use at
+most 7 bits where the CPU needs ``reduce_range`` (see
+:func:`slimkit.quant.api.activation_scheme`), so u8 x s8 pair sums never saturate.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ from typing import Any
 import numpy as np
 
 from slimkit.errors import SlimkitError
+from slimkit.quant.dynamic import MS_DOMAIN
 
-MS_DOMAIN = "com.microsoft"
 OPSET = 21  # blocked QuantizeLinear
 INT8_MAX = 127
 
@@ -63,9 +64,10 @@ class PerTokenMatMuls:
     def __init__(self, graph: Any, plans: dict[str, tuple[str, np.ndarray, np.ndarray]],
                  bits: int) -> None:  # fmt: skip
         self.graph, self.plans, self.top = graph, plans, 2**bits - 1
+        self.rows = {key: correction_rows(q) for key, (_, q, _) in plans.items()}
         self.extra: dict[str, int] = {}  # input -> correction columns (max over its readers)
-        for x, q, _ in plans.values():
-            self.extra[x] = max(self.extra.get(x, 0), len(correction_rows(q)))
+        for key, (x, _, _) in plans.items():
+            self.extra[x] = max(self.extra.get(x, 0), len(self.rows[key]))
         self.quantized: dict[str, tuple[str, str]] = {}
         self._constants()
 
@@ -90,7 +92,7 @@ class PerTokenMatMuls:
         x, q, scale = self.plans[key]
         made = [] if x in self.quantized else self._quantize_input(x, q.shape[0])
         xq, s = self.quantized[x]
-        rows = correction_rows(q)
+        rows = self.rows[key]
         pad = self.extra[x] - len(rows)  # inputs shared by MatMuls needing fewer rows
         w = np.concatenate([q, rows, np.zeros((pad, q.shape[1]), np.int8)])
         base = name.replace("/", "_")
@@ -143,13 +145,11 @@ class PerTokenMatMuls:
 
 
 def use_opset(model: Any) -> None:
-    """Raise the default-domain opset to 21 (blocked QuantizeLinear) and declare com.microsoft.
+    """Raise the default-domain opset to 21 (blocked QuantizeLinear).
 
     Graphs from the dynamo exporter are opset 18+; from 18 to 21 the ops such graphs use gained
     types (float8, int4) but kept their meaning. Older graphs (axes as attributes) are refused.
     """
-    from onnx import helper
-
     for opset in model.opset_import:
         if opset.domain in ("", "ai.onnx") and opset.version < OPSET:
             if opset.version < 18:
@@ -157,5 +157,3 @@ def use_opset(model: Any) -> None:
                     f"per-token quantization needs an opset-18+ ONNX graph, got {opset.version}"
                 )
             opset.version = OPSET
-    if not any(o.domain == MS_DOMAIN for o in model.opset_import):
-        model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))

@@ -13,8 +13,9 @@ importing torch.
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
+
+from slimkit.lazy import lazy_attribute
 
 _API = {
     "BUILTIN": "slimkit.search.space",
@@ -38,6 +39,4 @@ __all__ = sorted(_API)
 
 
 def __getattr__(name: str) -> Any:
-    if name in _API:
-        return getattr(importlib.import_module(_API[name]), name)
-    raise AttributeError(f"module 'slimkit.search' has no attribute {name!r}")
+    return lazy_attribute(_API, __name__, name)
