@@ -80,14 +80,27 @@ def check_finite(model: nn.Module) -> None:
 def weight_scheme(cfg: QuantConfig) -> QScheme:
     """The weight grid: signed, symmetric, per output channel unless told otherwise.
 
-    With ``reduce_range`` the weights use 7 bits: on x86 CPUs without VNNI, ONNX Runtime's int8
-    kernels add pairs of u8 x s8 products in saturating 16-bit registers (vpmaddubsw), which
-    7-bit weights cannot overflow (ONNX Runtime's quantization guide, "reduce_range").
+    With ``reduce_range``, static weights use 7 bits: on x86 CPUs without VNNI, ONNX Runtime's
+    int8 kernels add pairs of u8 x s8 products in saturating 16-bit registers (vpmaddubsw),
+    which 7-bit weights cannot overflow (ONNX Runtime's quantization guide, "reduce_range").
+    Dynamic Linears keep 8 bits with pair-safe scales instead (:func:`pair_safe`).
     """
     bits = cfg.weight_bits
-    if cfg.weight_bits == 8 and cfg.granularity == "tensor" and _reduce_range(cfg.reduce_range):
+    if bits == 8 and cfg.mode in ("static", "qat") and _reduce_range(cfg.reduce_range):
         bits = 7
     return QScheme(bits=bits, symmetric=True, signed=True, axis=0 if cfg.per_channel else None)
+
+
+def pair_safe(cfg: QuantConfig) -> bool:
+    """Whether dynamic per-tensor int8 weights need pair-safe scales
+    (:func:`slimkit.quant.observers.pair_safe_scale`): on CPUs that need ``reduce_range``.
+    They cannot saturate the 16-bit pair sums whatever the 8-bit activations. (Per token, the
+    activations give up the bit instead; see :func:`activation_scheme`.)
+    """
+    return (
+        cfg.mode == "dynamic" and cfg.granularity == "tensor" and cfg.weight_bits == 8
+        and _reduce_range(cfg.reduce_range)
+    )  # fmt: skip
 
 
 def activation_scheme(cfg: QuantConfig) -> QScheme:

@@ -10,6 +10,7 @@ activations quantized per call, s8 weights, the same scales as the PyTorch model
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from slimkit.errors import SlimkitError
 from slimkit.io import atomic_path
 from slimkit.quant.config import QuantConfig
 from slimkit.quant.fake import DynamicActFakeQuant, WeightFakeQuant
-from slimkit.quant.observers import QScheme, make_observer
+from slimkit.quant.observers import QScheme, make_observer, pair_safe_scale
 
 MS_DOMAIN = "com.microsoft"
 MIN_TABLE = 4096  # smaller lookup tables (position, token type) are not worth an int8 copy
@@ -49,16 +50,16 @@ def prepare_dynamic(model: nn.Module, cfg: QuantConfig) -> nn.Module:
         >>> net(torch.ones(2, 4)).shape
         torch.Size([2, 3])
     """
-    from slimkit.quant.api import weight_scheme
+    from slimkit.quant.api import pair_safe, weight_scheme
 
-    scheme = weight_scheme(cfg)
+    scheme, safe = weight_scheme(cfg), pair_safe(cfg)
     count = 0
     for name, layer in list(model.named_modules()):
         if not isinstance(layer, nn.Linear) or _skipped(name, cfg.skip):
             continue
         quant = WeightFakeQuant(scheme, cfg.weight_observer)
         parametrize.register_parametrization(layer, "weight", quant)
-        quant.calibrate(layer.parametrizations.weight.original.detach())
+        quant.calibrate(layer.parametrizations.weight.original.detach(), pair_safe=safe)
         quant.observer = None
         layer.input_quant = act_quant(cfg)
         layer.register_forward_pre_hook(_quant_input)
@@ -106,7 +107,7 @@ def weight_qparams(
     w: np.ndarray, cfg: QuantConfig, axis: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(int8 weights, scales, zero points) of a constant weight, per channel along ``axis``."""
-    from slimkit.quant.api import weight_scheme
+    from slimkit.quant.api import pair_safe, weight_scheme
 
     scheme = weight_scheme(cfg)
     scheme = QScheme(scheme.bits, True, True, axis if cfg.per_channel else None)
@@ -114,6 +115,8 @@ def weight_qparams(
     tensor = torch.from_numpy(np.array(w, dtype=np.float32))
     observer.observe(tensor)
     scale, zero = observer.qparams()
+    if pair_safe(cfg):
+        scale = pair_safe_scale(tensor, scale, axis)
     qmin, qmax = scheme.range
     shape = [1] * w.ndim
     if scheme.axis is not None:
@@ -164,10 +167,12 @@ class _Rewriter:
         self.inits = {i.name: i for i in self.graph.initializer}
         self.quantized = 0
         self.kept: list[str] = []
+        self.made: dict[bytes, list[str]] = {}  # weight digest -> its int8 initializers
 
     def run(self) -> None:
         from onnx import numpy_helper
 
+        self._fold_weight_transposes()
         consumers: dict[str, list[Any]] = {}
         for node in self.graph.node:
             for name in node.input:
@@ -201,6 +206,24 @@ class _Rewriter:
         del self.graph.node[:]
         self.graph.node.extend(nodes)
         self._drop_unused()
+
+    def _fold_weight_transposes(self) -> None:
+        """Replace ``Transpose`` of a 2-D constant with the transposed constant. The exporter
+        leaves them where a Linear is called more than once (the first-token stream), which
+        would hide the weight from the MatMul."""
+        from onnx import numpy_helper
+
+        kept = []
+        for node in self.graph.node:
+            init = self.inits.get(node.input[0]) if node.op_type == "Transpose" else None
+            if init is None or len(init.dims) != 2 or _attr(node, "perm", [1, 0]) != [1, 0]:
+                kept.append(node)
+                continue
+            folded = numpy_helper.from_array(numpy_helper.to_array(init).T.copy(), node.output[0])
+            self.graph.initializer.append(folded)
+            self.inits[folded.name] = folded
+        del self.graph.node[:]
+        self.graph.node.extend(kept)
 
     def _weight(self, node: Any) -> str | None:
         if node.op_type not in ("MatMul", "Gemm") or len(node.input) < 2:
@@ -245,12 +268,17 @@ class _Rewriter:
     def _make(self, node: Any, w: np.ndarray, bias: str, output: str) -> Any:
         from onnx import helper, numpy_helper
 
-        q, scale, zero = weight_qparams(w, self.cfg, axis=1)
+        # MatMuls with equal weights (one Linear called per stream: the exporter may copy its
+        # transposed weight for each call) share one int8 copy
+        key = hashlib.sha256(np.ascontiguousarray(w).tobytes() + str(w.shape).encode()).digest()
         base = (node.input[1] or node.name).replace("/", "_")
-        names = [f"{base}_quantized", f"{base}_scale", f"{base}_zero_point"]
-        arrays = [q, scale.astype(np.float32), zero.astype(np.int8)]
-        for name, array in zip(names, arrays, strict=True):
-            self.graph.initializer.append(numpy_helper.from_array(array, name))
+        if key not in self.made:
+            self.made[key] = [f"{base}_quantized", f"{base}_scale", f"{base}_zero_point"]
+            q, scale, zero = weight_qparams(w, self.cfg, axis=1)
+            arrays = [q, scale.astype(np.float32), zero.astype(np.int8)]
+            for name, array in zip(self.made[key], arrays, strict=True):
+                self.graph.initializer.append(numpy_helper.from_array(array, name))
+        names = self.made[key]
         return helper.make_node(
             "DynamicQuantizeMatMul",
             [node.input[0], *names, bias],

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from slimkit.errors import SlimkitError
-from slimkit.quant.observers import Observer, QScheme, make_observer
+from slimkit.quant.observers import Observer, QScheme, make_observer, pair_safe_scale
 
 
 def _register_meta_kernels() -> None:
@@ -185,8 +185,10 @@ class WeightFakeQuant(FakeQuant):
         True
     """
 
-    def calibrate(self, weight: torch.Tensor) -> None:
-        """Choose the weight's range now and start fake-quantizing it."""
+    def calibrate(self, weight: torch.Tensor, pair_safe: bool = False) -> None:
+        """Choose the weight's range now and start fake-quantizing it; ``pair_safe`` widens
+        the scales so that no integer kernel's pair sum can saturate (see
+        :func:`~slimkit.quant.observers.pair_safe_scale`)."""
         if not torch.isfinite(weight).all():
             raise SlimkitError(
                 "a weight holds NaN or infinite values; quantization needs a finite model "
@@ -194,6 +196,9 @@ class WeightFakeQuant(FakeQuant):
             )
         self.observer.observe(weight)
         self.freeze()
+        if pair_safe:
+            axis = self.scheme.axis if self.scheme.axis is not None else 0
+            self._set(pair_safe_scale(weight, self.scale, axis), self.zero_point)
         self.clip_(weight)
 
     def clip_(self, weight: torch.Tensor) -> None:

@@ -106,6 +106,33 @@ def qparams_from_range(
     return scale, torch.clamp(zero, qmin, qmax).to(torch.int32)
 
 
+PAIR_LIMIT = 127  # |q_2j| + |q_2j+1| <= 127 + 1 after rounding; 255 * 128 < 2**15
+
+
+def pair_safe_scale(weight: torch.Tensor, scale: torch.Tensor, axis: int = 0) -> torch.Tensor:
+    """Widen symmetric int8 weight scales so that no two neighbouring weights along the input
+    axis of a 2-D weight sum to more than 128 in magnitude after rounding.
+
+    On x86 CPUs without VNNI, ONNX Runtime's u8 x s8 GEMM (vpmaddubsw) adds the products of
+    input positions 2j and 2j+1 in a saturating 16-bit register, so ``255 * (|q_2j| + |q_2j+1|)``
+    must stay below 2^15. ONNX Runtime's ``reduce_range`` keeps that by using 7-bit weights;
+    this keeps 8 bits wherever a channel's largest weight sits beside a small one (nearly
+    always), and is never coarser: the scale is at most ``max|w| / 63.5``, not ``/ 63``.
+    ``axis`` is the output-channel axis (0 for ``nn.Linear``'s [out, in]; 1 for ONNX [K, N]).
+
+    Example:
+        >>> w = torch.tensor([[1.0, 0.1, -0.2, 0.3]])
+        >>> float(pair_safe_scale(w, torch.tensor([1.0 / 127]))) * 127
+        1.1000000238418945
+    """
+    rows = weight.detach().abs().float().movedim(axis, 0).reshape(weight.shape[axis], -1)
+    if rows.shape[1] % 2:
+        rows = torch.nn.functional.pad(rows, (0, 1))
+    limit = rows.reshape(len(rows), -1, 2).sum(-1).amax(1) / PAIR_LIMIT
+    limit = limit.reshape(scale.shape) if scale.numel() > 1 else limit.max().reshape(scale.shape)
+    return torch.maximum(scale, limit)
+
+
 def _reduce_dims(x: torch.Tensor, axis: int | None) -> tuple[int, ...]:
     return tuple(d for d in range(x.dim()) if d != (axis % x.dim() if axis is not None else -99))
 

@@ -2,9 +2,10 @@
 tokenised batches, ONNX export with dynamic batch and sequence axes, and int8 quantization.
 
 The quantized path is dynamic int8: weights per channel, activations quantized at run time per
-token (:mod:`slimkit.quant.per_token`) after SmoothQuant (Xiao et al. 2023) on the Linears that
-read a LayerNorm's output; mixed precision keeps float the Linears whose quantization costs the
-most fidelity, if that is what it takes to meet the cosine budget.
+tensor with the first token ([CLS]) in a stream of its own (:mod:`slimkit.quant.first_token`),
+or per token (:mod:`slimkit.quant.per_token`), after SmoothQuant (Xiao et al. 2023) on the
+Linears that read a LayerNorm's output; mixed precision keeps float the Linears whose
+quantization costs the most fidelity, if that is what it takes to meet the cosine budget.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from slimkit.io import atomic_path
 from slimkit.measure._common import quiet, root_cause
 from slimkit.quant.config import QuantConfig, as_config
 from slimkit.quant.dynamic import prepare_dynamic, quantize_onnx_dynamic
+from slimkit.quant.first_token import FirstTokenSplit
 from slimkit.quant.smooth import SmoothGroup, balance_signs, bert_groups, input_absmax, smooth
 
 Batch = dict[str, torch.Tensor]
@@ -50,9 +52,14 @@ class SentenceEmbedder(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-        return F.normalize(pooled, dim=-1)
+        return mean_pool(hidden, attention_mask)
+
+
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The mean of the real tokens' hidden states, L2-normalised (sentence-transformers)."""
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+    return F.normalize(pooled, dim=-1)
 
 
 def load_minilm(path: str | Path | None = None) -> tuple[SentenceEmbedder, Any]:
@@ -170,24 +177,26 @@ def quantize_embedder(
 ) -> QuantizedEmbedder:
     """Dynamic int8 for a sentence embedder: SmoothQuant, then mixed precision within a budget.
 
-    Activations are quantized per token unless ``config.granularity`` says ``"tensor"``.
-    ``config.smooth_alpha`` (default 0.5 per token, 0.75 per tensor) sets SmoothQuant's
-    migration strength; ``config.accuracy_budget`` is the allowed loss of mean cosine similarity
-    to the float embeddings on the calibration batches (default 0.001): the Linears whose
-    quantization costs the most are kept float, one at a time, until the loss fits.
+    Per tensor (``config.granularity``, the default), the first token runs as its own stream
+    (:class:`~slimkit.quant.first_token.FirstTokenSplit`), so that ONNX Runtime's fast
+    per-tensor kernel serves every Linear; ``"token"`` gives every token its own range instead
+    (slower in ONNX Runtime, see :mod:`slimkit.quant.per_token`). ``config.smooth_alpha``
+    (default 0.5) sets SmoothQuant's migration strength on the Linears that read a LayerNorm;
+    ``config.accuracy_budget`` is the allowed loss of mean cosine similarity to the float
+    embeddings on the calibration batches (default 0.001): the Linears whose quantization
+    costs the most are kept float, one at a time, until the loss fits.
 
     Example:
         >>> embedder, tok = load_minilm()  # doctest: +SKIP
         >>> q = quantize_embedder(embedder, tokenize(tok, ["a", "b c"]))  # doctest: +SKIP
     """
     cfg = as_config(config, mode="dynamic", **overrides)
-    if "granularity" not in cfg.model_fields_set:
-        cfg = cfg.model_copy(update={"granularity": "token"})
     if not calibration:
         raise SlimkitError("calibration data is empty: give at least one tokenised batch")
-    per_token = cfg.granularity == "token"
-    alpha = (0.5 if per_token else 0.75) if cfg.smooth_alpha is None else cfg.smooth_alpha
-    groups = bert_groups(model, norm_inputs_only=per_token) if alpha > 0 else []
+    if cfg.granularity == "tensor":
+        model = FirstTokenSplit(model).eval()
+    alpha = 0.5 if cfg.smooth_alpha is None else cfg.smooth_alpha
+    groups = bert_groups(model, norm_inputs_only=True) if alpha > 0 else []
     stats = {}
     if groups:  # smoothing scales a Linear's own input only, so float statistics stay valid
         stats = input_absmax(model, [g.linears[0] for g in groups], _runner(calibration))
