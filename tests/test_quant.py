@@ -484,6 +484,28 @@ def test_first_token_stream_exports_shared_int8_weights_that_match(tmp_path):
     int8 = [i for i in graph.initializer if i.data_type == onnx.TensorProto.INT8]
     assert len([i for i in int8 if len(i.dims) == 2]) == 12  # one copy, shared by both streams
     assert done["quantized"] == 2 * 12  # (its 60-word table is too small to store as int8)
+    session = ort_session(tmp_path / "q.onnx", 1)
+    got = embed_onnx(session, batches)
+    with torch.no_grad():
+        np.testing.assert_allclose(got, result.fake_quant(ids, mask).numpy(), atol=2e-3)
+        one = {"input_ids": ids[:, :1], "attention_mask": mask[:, :1]}  # the second stream empty
+        np.testing.assert_allclose(embed_onnx(session, [one]), result.fake_quant(**one).numpy(),
+                                   atol=2e-3)  # fmt: skip
+
+
+def test_per_token_embedder_keeps_one_stream_and_matches(tmp_path):
+    import onnx
+
+    from slimkit.measure import ort_session
+    from slimkit.quant.transformer import embed_onnx, export_quantized_embedder, quantize_embedder
+
+    embedder, ids, mask = _tiny_bert()
+    batches = [{"input_ids": ids, "attention_mask": mask}]
+    result = quantize_embedder(embedder, batches, granularity="token", accuracy_budget=1.0)
+    assert type(result.smoothed).__name__ == "SentenceEmbedder"  # no first-token split
+    done = export_quantized_embedder(result, tmp_path / "q.onnx", batches[0])
+    ops = [n.op_type for n in onnx.load(tmp_path / "q.onnx").graph.node]
+    assert done["quantized"] == ops.count("MatMulIntegerToFloat") == 12
     got = embed_onnx(ort_session(tmp_path / "q.onnx", 1), batches)
     with torch.no_grad():
         np.testing.assert_allclose(got, result.fake_quant(ids, mask).numpy(), atol=2e-3)

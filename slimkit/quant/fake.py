@@ -252,7 +252,7 @@ class DynamicActFakeQuant(nn.Module):
         self.mode = "quant"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.mode != "quant":
+        if self.mode != "quant" or x.numel() == 0:  # empty: a one-token input's second stream
             return x
         from slimkit.quant.observers import qparams_from_range
 
