@@ -348,6 +348,34 @@ def test_reduce_range_takes_its_bit_where_the_mode_can_spare_it():
         quantize(nn.Linear(2, 2), mode="static", granularity="token")
 
 
+def test_smoothing_alpha_search_beats_no_smoothing_on_an_outlier_channel():
+    from slimkit.quant.fake import DynamicActFakeQuant
+    from slimkit.quant.smooth import SmoothGroup, input_absmax, smooth
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(32, 16))
+    x = torch.randn(256, 32)
+    x[:, 5] *= 60.0  # one outlier channel, as in a transformer's LayerNorm output
+    reference = net(x).detach()
+
+    def int8_error(model: nn.Module) -> float:
+        layer = model[0]
+        w = layer.weight.detach()
+        scale = (w.abs().amax(1, keepdim=True) / 127).clamp(min=1e-12)
+        wq = fake_quant_values(w, scale, torch.zeros_like(scale), S8)
+        xs = x * layer.smooth_inv if hasattr(layer, "smooth_inv") else x
+        out = DynamicActFakeQuant()(xs) @ wq.T + layer.bias.detach()
+        return float(((out - reference) ** 2).mean())
+
+    samples: dict[str, list[torch.Tensor]] = {}
+    stats = input_absmax(net, ["0"], lambda m: m(x), samples)
+    smoothed = copy.deepcopy(net)
+    chosen = smooth(smoothed, [SmoothGroup(["0"])], stats, alpha=None, samples=samples)
+    assert 0.3 < chosen["0"] <= 0.9
+    torch.testing.assert_close(smoothed(x).detach(), reference, atol=1e-4, rtol=1e-4)
+    assert int8_error(smoothed) < int8_error(net) / 2
+
+
 def test_balance_signs_keeps_outputs_and_shrinks_column_sums():
     from slimkit.quant.smooth import SmoothGroup, balance_signs, input_absmax, smooth
 

@@ -122,8 +122,8 @@ def pair_safe_scale(weight: torch.Tensor, scale: torch.Tensor, axis: int = 0) ->
 
     Example:
         >>> w = torch.tensor([[1.0, 0.1, -0.2, 0.3]])
-        >>> float(pair_safe_scale(w, torch.tensor([1.0 / 127]))) * 127
-        1.1000000238418945
+        >>> round(float(pair_safe_scale(w, torch.tensor([1.0 / 127]))) * 127, 4)  # |1.0| + |0.1|
+        1.1
     """
     rows = weight.detach().abs().float().movedim(axis, 0).reshape(weight.shape[axis], -1)
     if rows.shape[1] % 2:
