@@ -239,10 +239,10 @@ def test_dynamic_onnx_stores_embedding_tables_as_int8_rows(tmp_path):
         np.testing.assert_allclose(out, model(ids).numpy(), atol=0.02)
 
 
-# --- per-token dynamic quantization ----------------------------------------------------------
+# --- dynamic int8 on ONNX Runtime: per-token ranges, pair-safe weights ---------------------------
 
 
-def _per_token_onnx(model: nn.Module, tmp_path, cfg: QuantConfig, width: int):
+def _dynamic_onnx(model: nn.Module, tmp_path, cfg: QuantConfig, width: int):
     import onnxruntime as ort
 
     from slimkit.quant.dynamic import quantize_onnx_dynamic
@@ -262,27 +262,32 @@ def test_per_token_onnx_matches_fake_quant_and_beats_per_tensor(tmp_path):
     x = torch.randn(40, 32)
     x[0] *= 40.0  # one outlier token, as [CLS] is in a transformer
     token = QuantConfig(mode="dynamic", granularity="token", reduce_range=True)
-    got = _per_token_onnx(model, tmp_path, token, 32)(x)
+    got = _dynamic_onnx(model, tmp_path, token, 32)(x)
     with torch.no_grad():
         exact = model(x).numpy()
         fake = prepare_dynamic(copy.deepcopy(model), token)(x).numpy()
     np.testing.assert_allclose(got, fake, atol=1e-4)  # same ranges, same integers
     tensor = QuantConfig(mode="dynamic", reduce_range=True)
-    per_tensor = _per_token_onnx(model, tmp_path, tensor, 32)(x)
+    per_tensor = _dynamic_onnx(model, tmp_path, tensor, 32)(x)
     token_err, tensor_err = np.abs(got - exact)[1:].max(), np.abs(per_tensor - exact)[1:].max()
     assert token_err < tensor_err / 4  # the ordinary tokens keep their resolution
 
 
-def test_per_token_onnx_never_saturates_int8_pair_sums(tmp_path):
-    # every weight at +127 after quantization and inputs at the top of the grid: 8-bit u8 values
-    # would overflow u8 x s8 pair sums (2 * 255 * 127 > 2**15) on CPUs without VNNI
+def _saturating_linear() -> tuple[nn.Module, torch.Tensor]:
+    """Every weight equal (+127 on a plain 8-bit grid) and inputs at the top of the u8 grid:
+    full 8-bit weights and activations overflow the u8 x s8 pair sums (2 * 255 * 127 > 2**15)
+    on CPUs without VNNI."""
     model = nn.Sequential(nn.Linear(64, 4)).eval()
     with torch.no_grad():
         model[0].weight.fill_(0.5)
         model[0].bias.zero_()
-    x = torch.rand(16, 64) + torch.linspace(0, 1, 64)
+    return model, torch.rand(16, 64) + torch.linspace(0, 1, 64)
+
+
+def test_per_token_onnx_never_saturates_int8_pair_sums(tmp_path):
+    model, x = _saturating_linear()
     cfg = QuantConfig(mode="dynamic", granularity="token", reduce_range=True)
-    got = _per_token_onnx(model, tmp_path, cfg, 64)(x)
+    got = _dynamic_onnx(model, tmp_path, cfg, 64)(x)
     with torch.no_grad():
         np.testing.assert_allclose(got, model(x).numpy(), rtol=0.01)
 
@@ -306,20 +311,14 @@ def test_pair_safe_scales_bound_neighbouring_weights_and_stay_fine():
 def test_pair_safe_weights_never_saturate_per_tensor_kernels(tmp_path):
     from slimkit.quant.api import cpu_needs_reduce_range
 
-    # every weight equal, inputs at the top of the u8 grid: 8-bit weights would overflow the
-    # u8 x s8 pair sums (2 * 255 * 127 > 2**15) on CPUs without VNNI
-    model = nn.Sequential(nn.Linear(64, 4)).eval()
-    with torch.no_grad():
-        model[0].weight.fill_(0.5)
-        model[0].bias.zero_()
-    x = torch.rand(16, 64) + torch.linspace(0, 1, 64)
+    model, x = _saturating_linear()
     with torch.no_grad():
         exact = model(x).numpy()
-    safe = _per_token_onnx(model, tmp_path, QuantConfig(mode="dynamic", reduce_range=True), 64)
+    safe = _dynamic_onnx(model, tmp_path, QuantConfig(mode="dynamic", reduce_range=True), 64)
     np.testing.assert_allclose(safe(x), exact, rtol=0.01)
     if cpu_needs_reduce_range():  # this CPU saturates: plain 8-bit weights go wrong
         plain = QuantConfig(mode="dynamic", reduce_range=False)
-        assert np.abs(_per_token_onnx(model, tmp_path, plain, 64)(x) - exact).max() > 0.1
+        assert np.abs(_dynamic_onnx(model, tmp_path, plain, 64)(x) - exact).max() > 0.1
 
 
 def test_correction_rows_cancel_column_sums_within_int8():
