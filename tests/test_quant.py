@@ -207,6 +207,34 @@ def test_dynamic_quantization_exports_and_matches(digits, tmp_path):
     assert float(diff) < 0.05 * float(expected.abs().max())
 
 
+class _ThreeReaders(nn.Module):
+    """Three Linears reading one input, as attention's query, key and value do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.heads = nn.ModuleList(nn.Linear(16, 8) for _ in range(3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([head(x) for head in self.heads], -1)
+
+
+def test_dynamic_onnx_quantizes_a_shared_input_once_and_matches(tmp_path):
+    import onnx
+
+    from slimkit.quant.dynamic import prepare_dynamic
+
+    torch.manual_seed(0)
+    model, x = _ThreeReaders().eval(), torch.randn(24, 16)
+    cfg = QuantConfig(mode="dynamic")
+    got = _dynamic_onnx(model, tmp_path, cfg, 16)(x)
+    ops = [n.op_type for n in onnx.load(tmp_path / "tensor.onnx").graph.node]
+    assert ops.count("DynamicQuantizeLinear") == 1 and ops.count("MatMulIntegerToFloat") == 3
+    assert "DynamicQuantizeMatMul" not in ops
+    with torch.no_grad():
+        fake = prepare_dynamic(copy.deepcopy(model), cfg)(x).numpy()
+    np.testing.assert_allclose(got, fake, atol=1e-4)  # one range for the three, as in PyTorch
+
+
 def test_dynamic_onnx_stores_embedding_tables_as_int8_rows(tmp_path):
     import onnx
     import onnxruntime as ort
@@ -507,7 +535,10 @@ def test_first_token_stream_exports_shared_int8_weights_that_match(tmp_path):
     done = export_quantized_embedder(result, tmp_path / "q.onnx", batches[0])
     graph = onnx.load(tmp_path / "q.onnx").graph
     ops = [n.op_type for n in graph.node]
-    assert ops.count("DynamicQuantizeMatMul") == 2 * 12 and "MatMulInteger" not in ops
+    # per stream and layer: q/k/v share one quantized input, the other three Linears quantize
+    # their own
+    assert ops.count("DynamicQuantizeLinear") == 2 * 2 and "MatMulInteger" not in ops
+    assert ops.count("MatMulIntegerToFloat") == ops.count("DynamicQuantizeMatMul") == 12
     int8 = [i for i in graph.initializer if i.data_type == onnx.TensorProto.INT8]
     assert len([i for i in int8 if len(i.dims) == 2]) == 12  # one copy, shared by both streams
     assert done["quantized"] == 2 * 12  # (its 60-word table is too small to store as int8)

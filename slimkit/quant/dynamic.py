@@ -4,7 +4,9 @@ Suited to Linear-heavy models and transformers, whose activation ranges vary fro
 (no calibration data needed). In PyTorch each Linear gets an int8 per-channel weight
 parametrization and a :class:`~slimkit.quant.fake.DynamicActFakeQuant` on its input; in ONNX each
 MatMul/Gemm with a constant weight becomes ONNX Runtime's ``DynamicQuantizeMatMul`` (u8
-activations quantized per call, s8 weights, the same scales as the PyTorch model).
+activations quantized per call, s8 weights, the same scales as the PyTorch model). MatMuls that
+read one input (a layer's query, key and value) quantize it once: ``DynamicQuantizeLinear`` and
+a ``MatMulIntegerToFloat`` each, the same arithmetic.
 """
 
 from __future__ import annotations
@@ -128,8 +130,10 @@ def weight_qparams(
 def quantize_onnx_dynamic(
     src: str | Path, dst: str | Path, cfg: QuantConfig, skip: list[str] | None = None
 ) -> dict[str, Any]:
-    """Rewrite each MatMul/Gemm with a constant 2-D weight as ``DynamicQuantizeMatMul``, and
-    each lookup (``Gather``) in a large constant table as an int8 lookup with per-row scales.
+    """Rewrite each MatMul/Gemm with a constant 2-D weight as ``DynamicQuantizeMatMul`` (or,
+    where several read one input, one ``DynamicQuantizeLinear`` and ``MatMulIntegerToFloat``
+    each), and each lookup (``Gather``) in a large constant table as an int8 lookup with
+    per-row scales.
 
     ``skip`` patterns match node names or weight names; those nodes stay float. A following
     ``Add`` of a constant bias is folded into the op. Returns counts of what was done.
@@ -194,9 +198,10 @@ class _Rewriter:
             if add is not None:
                 removed.add(id(add))
             plans[index] = (node, w, bias, output)
-        new_nodes = self._per_token(plans) if self.cfg.granularity == "token" else {
-            index: [self._make(*plan)] for index, plan in plans.items()
-        }  # fmt: skip
+        if self.cfg.granularity == "token":
+            new_nodes = self._per_token(plans)
+        else:
+            new_nodes = self._per_tensor(plans)
         self.quantized = len(plans)
         nodes = []
         for index, node in enumerate(self.graph.node):
@@ -265,8 +270,47 @@ class _Rewriter:
             for index, (node, _, bias, output) in plans.items()
         }
 
-    def _make(self, node: Any, w: np.ndarray, bias: str, output: str) -> Any:
-        from onnx import helper, numpy_helper
+    def _per_tensor(self, plans: dict[int, tuple[Any, np.ndarray, str, str]]) -> dict[int, list]:
+        """``DynamicQuantizeMatMul`` for a MatMul with an input of its own. MatMuls sharing an
+        input share one ``DynamicQuantizeLinear`` (the same range the fused op would compute)
+        and each run ``MatMulIntegerToFloat``: the input is read and quantized once, not once
+        per MatMul, as ONNX Runtime's own quantizer does for attention's q/k/v."""
+        from onnx import helper
+
+        readers: dict[str, list[int]] = {}
+        for index, (node, *_) in plans.items():
+            readers.setdefault(node.input[0], []).append(index)
+        new_nodes: dict[int, list] = {}
+        for source, indices in readers.items():
+            if len(indices) == 1:
+                node, w, bias, output = plans[indices[0]]
+                new_nodes[indices[0]] = [helper.make_node(
+                    "DynamicQuantizeMatMul", [source, *self._int8_weight(node, w), bias],
+                    [output], name=self._name(node), domain=MS_DOMAIN,
+                )]  # fmt: skip
+                continue
+            base = source.replace("/", "_") + "_shared"
+            q, scale, zero = f"{base}_quantized", f"{base}_scale", f"{base}_zero_point"
+            # placed before the first reader: the plans are in graph order
+            new_nodes[indices[0]] = [helper.make_node(
+                "DynamicQuantizeLinear", [source], [q, scale, zero], name=base
+            )]  # fmt: skip
+            for index in indices:
+                node, w, bias, output = plans[index]
+                w_q, w_scale, w_zero = self._int8_weight(node, w)
+                new_nodes.setdefault(index, []).append(helper.make_node(
+                    "MatMulIntegerToFloat", [q, w_q, scale, w_scale, zero, w_zero, bias],
+                    [output], name=self._name(node), domain=MS_DOMAIN,
+                ))  # fmt: skip
+        return new_nodes
+
+    @staticmethod
+    def _name(node: Any) -> str:
+        return (node.name or node.input[1].replace("/", "_")) + "_quant"
+
+    def _int8_weight(self, node: Any, w: np.ndarray) -> list[str]:
+        """Names of the int8 weight, its scales and zero points, written once per weight."""
+        from onnx import numpy_helper
 
         # MatMuls with equal weights (one Linear called per stream: the exporter may copy its
         # transposed weight for each call) share one int8 copy
@@ -278,14 +322,7 @@ class _Rewriter:
             arrays = [q, scale.astype(np.float32), zero.astype(np.int8)]
             for name, array in zip(self.made[key], arrays, strict=True):
                 self.graph.initializer.append(numpy_helper.from_array(array, name))
-        names = self.made[key]
-        return helper.make_node(
-            "DynamicQuantizeMatMul",
-            [node.input[0], *names, bias],
-            [output],
-            name=(node.name or base) + "_quant",
-            domain=MS_DOMAIN,
-        )
+        return self.made[key]
 
     def _gather(self, node: Any) -> list[Any] | None:
         """An embedding lookup from a large constant table, rewritten to look up int8 rows and
