@@ -235,6 +235,35 @@ def test_dynamic_onnx_quantizes_a_shared_input_once_and_matches(tmp_path):
     np.testing.assert_allclose(got, fake, atol=1e-4)  # one range for the three, as in PyTorch
 
 
+class _CalledTwice(nn.Module):
+    """One Linear applied twice (a shared layer, as in ALBERT)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shared = nn.Linear(16, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.unsqueeze(1)  # (rows, 1, features): a 3-D input exports as MatMul, not Gemm
+        return self.shared(torch.relu(self.shared(x))).squeeze(1)
+
+
+def test_dynamic_onnx_quantizes_a_shared_linear_once_per_call_with_one_int8_copy(tmp_path):
+    import onnx
+
+    from slimkit.quant.dynamic import prepare_dynamic
+
+    torch.manual_seed(0)
+    model, x = _CalledTwice().eval(), torch.randn(24, 16)
+    cfg = QuantConfig(mode="dynamic")
+    got = _dynamic_onnx(model, tmp_path, cfg, 16)(x)
+    graph = onnx.load(tmp_path / "tensor.onnx").graph
+    assert [n.op_type for n in graph.node].count("DynamicQuantizeMatMul") == 2
+    assert sum(i.data_type == onnx.TensorProto.INT8 for i in graph.initializer) == 2  # w, zero
+    with torch.no_grad():
+        fake = prepare_dynamic(copy.deepcopy(model), cfg)(x).numpy()
+    np.testing.assert_allclose(got, fake, atol=1e-4)
+
+
 def test_dynamic_onnx_stores_embedding_tables_as_int8_rows(tmp_path):
     import onnx
     import onnxruntime as ort
@@ -493,10 +522,12 @@ def test_export_of_low_bit_activations_is_refused(trained_cnn, digits, tmp_path)
         export_int8(q, tmp_path / "q.onnx", digits.input_shape)
 
 
-# --- transformers: the first-token stream and MiniLM ------------------------------------------
+# --- transformers: outlier neurons and MiniLM ------------------------------------------------
 
 
-def _tiny_bert():
+def _tiny_bert(massive: float = 0.0):
+    """A 2-layer BERT embedder and a padded batch; ``massive`` > 0 gives layer 0's FFN neuron 5
+    that bias, so its GELU output dwarfs the others' as BERT's massive activations do."""
     transformers = pytest.importorskip("transformers", reason="nlp extra (transformers) missing")
     from slimkit.quant.transformer import SentenceEmbedder
 
@@ -508,47 +539,66 @@ def _tiny_bert():
     ids = torch.randint(1, 60, (3, 9))
     mask = torch.ones_like(ids)
     mask[1, 5:], mask[2, 2:] = 0, 0  # padded sentences
-    return SentenceEmbedder(transformers.BertModel(config).eval()).eval(), ids, mask
+    bert = transformers.BertModel(config).eval()
+    with torch.no_grad():
+        bert.encoder.layer[0].intermediate.dense.bias[5] = massive
+    return SentenceEmbedder(bert).eval(), ids, mask
 
 
-def test_first_token_split_computes_the_same_embeddings():
-    from slimkit.quant.first_token import FirstTokenSplit
+def test_outlier_neurons_are_found_and_moved_to_float_without_changing_the_function():
+    from slimkit.quant.outliers import find_outlier_neurons, split_outlier_neurons
 
-    embedder, ids, mask = _tiny_bert()
-    split = FirstTokenSplit(embedder)
+    embedder, ids, mask = _tiny_bert(massive=40.0)
+    found = find_outlier_neurons(embedder, lambda m: m(ids, mask))
+    assert found == {"model.encoder.layer.0": [5]}  # layer 1 has none
+    split = split_outlier_neurons(copy.deepcopy(embedder), found)
+    layer = split.model.encoder.layer[0]
+    assert layer.intermediate.dense.out_features == layer.output.dense.in_features == 63
+    assert layer.output.outlier_in.out_features == 1
     with torch.no_grad():
         torch.testing.assert_close(split(ids, mask), embedder(ids, mask), atol=1e-5, rtol=1e-5)
-    with pytest.raises(SlimkitError, match="BERT-style encoder"):
-        FirstTokenSplit(nn.Sequential(nn.Linear(2, 2)))
+    with pytest.raises(SlimkitError, match="already split"):
+        split_outlier_neurons(split, found)
+    with pytest.raises(SlimkitError, match=r"some of 0\.\.63"):
+        split_outlier_neurons(copy.deepcopy(embedder), {"model.encoder.layer.0": [64]})
+    assert find_outlier_neurons(nn.Sequential(nn.Linear(2, 2)), lambda m: None) == {}
 
 
-def test_first_token_stream_exports_shared_int8_weights_that_match(tmp_path):
+def test_outlier_neurons_stay_float_in_the_int8_export_that_matches(tmp_path):
     import onnx
 
     from slimkit.measure import ort_session
-    from slimkit.quant.transformer import embed_onnx, export_quantized_embedder, quantize_embedder
+    from slimkit.quant.dynamic import prepare_dynamic
+    from slimkit.quant.transformer import (
+        cosine,
+        embed_onnx,
+        export_quantized_embedder,
+        quantize_embedder,
+    )
 
-    embedder, ids, mask = _tiny_bert()
+    embedder, ids, mask = _tiny_bert(massive=40.0)
     batches = [{"input_ids": ids, "attention_mask": mask}]
     result = quantize_embedder(embedder, batches, accuracy_budget=1.0)
     assert result.config.granularity == "tensor"
+    assert result.outlier_neurons == {"model.encoder.layer.0": [5]}
     done = export_quantized_embedder(result, tmp_path / "q.onnx", batches[0])
-    graph = onnx.load(tmp_path / "q.onnx").graph
-    ops = [n.op_type for n in graph.node]
-    # per stream and layer: q/k/v share one quantized input, the other three Linears quantize
-    # their own
-    assert ops.count("DynamicQuantizeLinear") == 2 * 2 and "MatMulInteger" not in ops
-    assert ops.count("MatMulIntegerToFloat") == ops.count("DynamicQuantizeMatMul") == 12
-    int8 = [i for i in graph.initializer if i.data_type == onnx.TensorProto.INT8]
-    assert len([i for i in int8 if len(i.dims) == 2]) == 12  # one copy, shared by both streams
-    assert done["quantized"] == 2 * 12  # (its 60-word table is too small to store as int8)
+    ops = [n.op_type for n in onnx.load(tmp_path / "q.onnx").graph.node]
+    # per layer: q/k/v share one quantized input, the other three Linears quantize their own
+    assert ops.count("DynamicQuantizeLinear") == 2 and "MatMulInteger" not in ops
+    assert ops.count("MatMulIntegerToFloat") == ops.count("DynamicQuantizeMatMul") == 6
+    assert done["quantized"] == 12 and len(done["kept_float"]) == 2  # the branch's two Linears
     session = ort_session(tmp_path / "q.onnx", 1)
     got = embed_onnx(session, batches)
     with torch.no_grad():
         np.testing.assert_allclose(got, result.fake_quant(ids, mask).numpy(), atol=2e-3)
-        one = {"input_ids": ids[:, :1], "attention_mask": mask[:, :1]}  # the second stream empty
+        one = {"input_ids": ids[:, :1], "attention_mask": mask[:, :1]}  # one-token sentences
         np.testing.assert_allclose(embed_onnx(session, [one]), result.fake_quant(**one).numpy(),
                                    atol=2e-3)  # fmt: skip
+        reference = embedder(ids, mask).numpy()
+        # the outlier neuron in the int8 GEMM: its range leaves the other neurons few levels
+        unsplit = prepare_dynamic(copy.deepcopy(embedder), QuantConfig(mode="dynamic"))
+        unsplit = unsplit(ids, mask).numpy()
+    assert 1 - cosine(got, reference).min() < 0.2 * (1 - cosine(unsplit, reference).min())
 
 
 def test_per_token_embedder_keeps_one_stream_and_matches(tmp_path):
@@ -594,8 +644,9 @@ def test_minilm_dynamic_int8_on_a_few_sentences(tmp_path):
     reference = embed(embedder, batches)
     assert cosine(embed(result.fake_quant, batches), reference).min() > 0.98
     done = export_quantized_embedder(result, tmp_path / "q.onnx", batches[0])
-    assert done["quantized"] >= 2 * 36  # every Linear, once per stream
-    assert file_size(tmp_path / "q.onnx") < 30e6  # the streams share the int8 weights
+    assert done["quantized"] == 36 + 2  # every Linear, the word and position tables
+    assert "model.encoder.layer.0" in result.outlier_neurons  # [CLS]'s massive neuron
+    assert file_size(tmp_path / "q.onnx") < 30e6
     got = embed_onnx(ort_session(tmp_path / "q.onnx", 2), batches)
     # per-tensor steps are coarse: ORT's float kernels round a few values the other way, so
     # the two carry different rounding noise of the same size

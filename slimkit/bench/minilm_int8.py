@@ -8,10 +8,10 @@ all sentences in ONNX Runtime with 2 intra-op threads, passes of all models inte
 load from other processes hits them alike.
 
 slimkit: SmoothQuant (Xiao et al. 2023) on the Linears reading a LayerNorm's output, dynamic
-int8 with per-channel pair-safe 8-bit weights and per-tensor activations, the first token
-([CLS]) in a stream of its own (:mod:`slimkit.quant.first_token`), and the Linears whose
-quantization costs the most fidelity on 64 *training* sentences kept float until the mean cosine
-loss there is within the budget (none are, at 0.002). Peers:
+int8 with per-channel pair-safe 8-bit weights and per-tensor activations, the FFN neurons with
+outlier activations on the calibration sentences in float (:mod:`slimkit.quant.outliers`), and
+the Linears whose quantization costs the most fidelity on 64 *training* sentences kept float
+until the mean cosine loss there is within the budget (none are, at 0.002). Peers:
 ``onnxruntime.quantization.quantize_dynamic`` (per-channel int8) on the same float ONNX file, and
 ``torch.ao.quantization.quantize_dynamic`` (PyTorch eager, if present).
 
@@ -151,7 +151,8 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     if ao is not None:
         peers.append(ao)
     result.update(
-        float_layers=quantized.float_layers, rewrite=rewrite,
+        float_layers=quantized.float_layers, outlier_neurons=quantized.outlier_neurons,
+        rewrite=rewrite,
         quantize_seconds=round(quantize_seconds, 1),
     )  # fmt: skip
     checks = {

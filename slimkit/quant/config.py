@@ -22,8 +22,9 @@ class QuantConfig(BaseModel):
         ``dynamic``: int8 weights of Linear/MatMul layers, activations quantized at run time
         (no calibration data needed). ``granularity="tensor"`` gives each activation tensor one
         range (ONNX Runtime's DynamicQuantizeMatMul); ``"token"`` gives each row (token) its
-        own, for transformers where a few tokens carry activations several times larger (when
-        that is the first token, :mod:`slimkit.quant.first_token` is faster).
+        own, for transformers where a few tokens carry activations several times larger (for
+        BERT-style sentence embedders, moving the FFN's outlier neurons to float,
+        :mod:`slimkit.quant.outliers`, is faster).
         ``weight-only``: int8 or group-wise int4 weights, float compute; saved packed.
         ``qat``: ``static``, then ``qat_epochs`` of fine-tuning through the fake quantizers.
 

@@ -214,8 +214,8 @@ class _Rewriter:
 
     def _fold_weight_transposes(self) -> None:
         """Replace ``Transpose`` of a 2-D constant with the transposed constant. The exporter
-        leaves them where a Linear is called more than once (the first-token stream), which
-        would hide the weight from the MatMul."""
+        can leave them where a Linear is called more than once (a shared layer), which would
+        hide the weight from the MatMul."""
         from onnx import numpy_helper
 
         kept = []
@@ -312,8 +312,8 @@ class _Rewriter:
         """Names of the int8 weight, its scales and zero points, written once per weight."""
         from onnx import numpy_helper
 
-        # MatMuls with equal weights (one Linear called per stream: the exporter may copy its
-        # transposed weight for each call) share one int8 copy
+        # MatMuls with equal weights (one Linear called more than once: the exporter may copy
+        # its transposed weight for each call) share one int8 copy
         key = hashlib.sha256(np.ascontiguousarray(w).tobytes() + str(w.shape).encode()).digest()
         base = (node.input[1] or node.name).replace("/", "_")
         if key not in self.made:

@@ -2,8 +2,8 @@
 tokenised batches, ONNX export with dynamic batch and sequence axes, and int8 quantization.
 
 The quantized path is dynamic int8: weights per channel, activations quantized at run time per
-tensor with the first token ([CLS]) in a stream of its own (:mod:`slimkit.quant.first_token`),
-or per token (:mod:`slimkit.quant.per_token`), after SmoothQuant (Xiao et al. 2023) on the
+tensor with the FFN's outlier neurons in float (:mod:`slimkit.quant.outliers`), or per token
+(:mod:`slimkit.quant.per_token`), after SmoothQuant (Xiao et al. 2023) on the
 Linears that read a LayerNorm's output; mixed precision keeps float the Linears whose
 quantization costs the most fidelity, if that is what it takes to meet the cosine budget.
 """
@@ -27,7 +27,7 @@ from slimkit.io import atomic_path
 from slimkit.measure._common import quiet, root_cause
 from slimkit.quant.config import QuantConfig, as_config
 from slimkit.quant.dynamic import prepare_dynamic, quantize_onnx_dynamic
-from slimkit.quant.first_token import FirstTokenSplit
+from slimkit.quant.outliers import FLOAT_BRANCH, find_outlier_neurons, split_outlier_neurons
 from slimkit.quant.smooth import SmoothGroup, balance_signs, bert_groups, input_absmax, smooth
 
 Batch = dict[str, torch.Tensor]
@@ -167,6 +167,7 @@ class QuantizedEmbedder:
     float_layers: list[str] = field(default_factory=list)
     alphas: dict[str, float] = field(default_factory=dict)
     sensitivity: dict[str, float] = field(default_factory=dict)
+    outlier_neurons: dict[str, list[int]] = field(default_factory=dict)  # kept float, per layer
 
 
 def quantize_embedder(
@@ -177,8 +178,9 @@ def quantize_embedder(
 ) -> QuantizedEmbedder:
     """Dynamic int8 for a sentence embedder: SmoothQuant, then mixed precision within a budget.
 
-    Per tensor (``config.granularity``, the default), the first token runs as its own stream
-    (:class:`~slimkit.quant.first_token.FirstTokenSplit`), so that ONNX Runtime's fast
+    Per tensor (``config.granularity``, the default), the FFN neurons with outlier activations
+    on the calibration batches move to a float branch
+    (:func:`~slimkit.quant.outliers.split_outlier_neurons`), so that ONNX Runtime's fast
     per-tensor kernel serves every Linear; ``"token"`` gives every token its own range instead
     (slower in ONNX Runtime, see :mod:`slimkit.quant.per_token`). ``config.smooth_alpha``
     (default 0.5) sets SmoothQuant's migration strength on the Linears that read a LayerNorm;
@@ -193,8 +195,11 @@ def quantize_embedder(
     cfg = as_config(config, mode="dynamic", **overrides)
     if not calibration:
         raise SlimkitError("calibration data is empty: give at least one tokenised batch")
+    neurons: dict[str, list[int]] = {}
     if cfg.granularity == "tensor":
-        model = FirstTokenSplit(model).eval()
+        neurons = find_outlier_neurons(model, _runner(calibration))
+        model = split_outlier_neurons(copy.deepcopy(model), neurons).eval()
+        cfg = cfg.model_copy(update={"skip": [*cfg.skip, FLOAT_BRANCH]})
     alpha = 0.5 if cfg.smooth_alpha is None else cfg.smooth_alpha
     groups = bert_groups(model, norm_inputs_only=True) if alpha > 0 else []
     stats = {}
@@ -207,7 +212,7 @@ def quantize_embedder(
         kept = cfg.model_copy(update={"skip": [*cfg.skip, *float_layers]})
         groups = [g for g in groups if not set(g.linears) <= set(float_layers)]
         smoothed, fake, alphas = _smoothed_pair(model, groups, stats, alpha, kept)
-    return QuantizedEmbedder(smoothed, fake, cfg, float_layers, alphas, sensitivity)
+    return QuantizedEmbedder(smoothed, fake, cfg, float_layers, alphas, sensitivity, neurons)
 
 
 def _smoothed_pair(
