@@ -540,8 +540,9 @@ def _tiny_bert(massive: float = 0.0):
     mask = torch.ones_like(ids)
     mask[1, 5:], mask[2, 2:] = 0, 0  # padded sentences
     bert = transformers.BertModel(config).eval()
-    with torch.no_grad():
-        bert.encoder.layer[0].intermediate.dense.bias[5] = massive
+    if massive:
+        with torch.no_grad():
+            bert.encoder.layer[0].intermediate.dense.bias[5] = massive
     return SentenceEmbedder(bert).eval(), ids, mask
 
 
