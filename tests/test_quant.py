@@ -602,6 +602,40 @@ def test_outlier_neurons_stay_float_in_the_int8_export_that_matches(tmp_path):
     assert 1 - cosine(got, reference).min() < 0.2 * (1 - cosine(unsplit, reference).min())
 
 
+def test_gelu_goes_tanh_only_where_int8_reads_its_output(tmp_path):
+    import onnx
+
+    from slimkit.quant.gelu import approximate_gelus, is_exact_gelu
+    from slimkit.quant.outliers import split_outlier_neurons
+    from slimkit.quant.transformer import export_quantized_embedder, quantize_embedder
+
+    transformers = pytest.importorskip("transformers", reason="nlp extra (transformers) missing")
+    assert is_exact_gelu(nn.GELU()) and is_exact_gelu(transformers.activations.GELUActivation())
+    assert not any(map(is_exact_gelu, [nn.GELU(approximate="tanh"), nn.ReLU(), "gelu", None]))
+    embedder, ids, mask = _tiny_bert(massive=40.0)
+    model = split_outlier_neurons(copy.deepcopy(embedder), {"model.encoder.layer.0": [5]})
+    switched = approximate_gelus(model, skip=["*.layer.1.output.dense"])
+    assert switched == ["model.encoder.layer.0"]  # layer 1's second Linear stays float
+    layers = model.model.encoder.layer
+    assert not is_exact_gelu(layers[0].intermediate.intermediate_act_fn)
+    assert is_exact_gelu(layers[0].output.act)  # the float branch of the outlier neuron
+    assert is_exact_gelu(layers[1].intermediate.intermediate_act_fn)
+    with torch.no_grad():
+        assert (model(ids, mask) - embedder(ids, mask)).abs().max() < 1e-3
+    assert approximate_gelus(model, skip=[]) == ["model.encoder.layer.1"]  # once per layer
+
+    batches = [{"input_ids": ids, "attention_mask": mask}]
+    for approximate, forms in ((True, {"tanh": 2, "none": 1}), (False, {"none": 3})):
+        result = quantize_embedder(embedder, batches, accuracy_budget=1.0,
+                                   approximate_gelu=approximate)  # fmt: skip
+        assert len(result.tanh_gelu) == forms.get("tanh", 0)
+        export_quantized_embedder(result, tmp_path / "q.onnx", batches[0])
+        gelus = [n for n in onnx.load(tmp_path / "q.onnx").graph.node if n.op_type == "Gelu"]
+        got = [next((a.s.decode() for a in n.attribute if a.name == "approximate"), "none")
+               for n in gelus]  # fmt: skip
+        assert {f: got.count(f) for f in set(got)} == forms
+
+
 def test_per_token_embedder_keeps_one_stream_and_matches(tmp_path):
     import onnx
 

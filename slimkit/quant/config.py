@@ -58,6 +58,9 @@ class QuantConfig(BaseModel):
     lsq: bool = False
     smooth_alpha: float | None = Field(None, ge=0, le=1)
     granularity: Granularity = Field("tensor", description="dynamic activation ranges")
+    approximate_gelu: bool = Field(
+        True, description="transformer path: tanh GELU where int8 reads the FFN's GELU output"
+    )
     min_top1_agreement: float = Field(0.99, ge=0, le=1)
 
     @field_validator("weight_bits", "activation_bits")

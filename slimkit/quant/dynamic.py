@@ -31,7 +31,13 @@ MS_DOMAIN = "com.microsoft"
 MIN_TABLE = 4096  # smaller lookup tables (position, token type) are not worth an int8 copy
 
 
-def _skipped(name: str, patterns: list[str]) -> bool:
+def is_skipped(name: str, patterns: list[str]) -> bool:
+    """Whether a layer name matches one of the ``skip`` patterns (shell-style wildcards).
+
+    Example:
+        >>> is_skipped("encoder.layer.0.output.dense", ["*.output.dense"])
+        True
+    """
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
@@ -57,7 +63,7 @@ def prepare_dynamic(model: nn.Module, cfg: QuantConfig) -> nn.Module:
     scheme, safe = weight_scheme(cfg), pair_safe(cfg)
     count = 0
     for name, layer in list(model.named_modules()):
-        if not isinstance(layer, nn.Linear) or _skipped(name, cfg.skip):
+        if not isinstance(layer, nn.Linear) or is_skipped(name, cfg.skip):
             continue
         quant = WeightFakeQuant(scheme, cfg.weight_observer)
         parametrize.register_parametrization(layer, "weight", quant)
@@ -70,7 +76,7 @@ def prepare_dynamic(model: nn.Module, cfg: QuantConfig) -> nn.Module:
         raise SlimkitError("dynamic quantization found no Linear layer to quantize")
     for name, layer in model.named_modules():
         big = isinstance(layer, nn.Embedding) and layer.weight.numel() >= MIN_TABLE
-        if big and not _skipped(name, cfg.skip):  # as the ONNX rewrite stores them
+        if big and not is_skipped(name, cfg.skip):  # as the ONNX rewrite stores them
             parametrize.register_parametrization(layer, "weight", RowInt8())
     return model
 
@@ -188,7 +194,7 @@ class _Rewriter:
             if weight is None:
                 continue
             scope = module_scope(node)
-            if any(_skipped(n, self.skip) for n in (node.name, node.input[1], scope) if n):
+            if any(is_skipped(n, self.skip) for n in (node.name, node.input[1], scope) if n):
                 self.kept.append(scope or node.name or node.input[1])
                 continue
             w = numpy_helper.to_array(self.inits[node.input[1]])
@@ -336,7 +342,7 @@ class _Rewriter:
         if table.data_type != TensorProto.FLOAT or _attr(node, "axis", 0) != 0:
             return None
         scope = module_scope(node)
-        if any(_skipped(n, self.skip) for n in (node.name, node.input[0], scope) if n):
+        if any(is_skipped(n, self.skip) for n in (node.name, node.input[0], scope) if n):
             self.kept.append(scope or node.name or node.input[0])
             return None
         q, scale = row_int8(torch.from_numpy(numpy_helper.to_array(table).copy()))

@@ -110,11 +110,11 @@ def prepare_weight_only(model: nn.Module, cfg: QuantConfig) -> nn.Module:
         >>> net(torch.ones(1, 64)).shape
         torch.Size([1, 2])
     """
-    from slimkit.quant.dynamic import _skipped
+    from slimkit.quant.dynamic import is_skipped
 
     count = 0
     for name, layer in list(model.named_modules()):
-        if isinstance(layer, LAYERS) and not _skipped(name, cfg.skip):
+        if isinstance(layer, LAYERS) and not is_skipped(name, cfg.skip):
             quant = GroupWeightQuant(cfg.weight_bits, cfg.group_size)
             parametrize.register_parametrization(layer, "weight", quant)
             count += 1
