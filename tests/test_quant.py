@@ -264,6 +264,35 @@ def test_dynamic_onnx_quantizes_a_shared_linear_once_per_call_with_one_int8_copy
     np.testing.assert_allclose(got, fake, atol=1e-4)
 
 
+def test_dynamic_onnx_folds_a_transposed_constant_weight_into_the_int8_gemm(tmp_path):
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from slimkit.quant.dynamic import quantize_onnx_dynamic
+
+    # y = x @ W.T, the weight stored [out, in] behind a Transpose (as tied weights export)
+    rng = np.random.default_rng(0)
+    w, x = rng.standard_normal((6, 16)).astype(np.float32), rng.standard_normal((5, 16))
+    graph = helper.make_graph(
+        [helper.make_node("Transpose", ["w"], ["wt"], perm=[1, 0]),
+         helper.make_node("MatMul", ["x", "wt"], ["y"])],
+        "tied", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 6])],
+        [numpy_helper.from_array(w, "w")],
+    )  # fmt: skip
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
+              tmp_path / "f.onnx")  # fmt: skip
+    cfg = QuantConfig(mode="dynamic")
+    done = quantize_onnx_dynamic(tmp_path / "f.onnx", tmp_path / "q.onnx", cfg)
+    ops = [n.op_type for n in onnx.load(tmp_path / "q.onnx").graph.node]
+    assert done["quantized"] == 1 and ops == ["DynamicQuantizeMatMul"]
+    session = ort.InferenceSession(str(tmp_path / "q.onnx"), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"x": x.astype(np.float32)})[0]
+    reference = x @ w.T
+    assert np.abs(got - reference).max() < 0.03 * np.abs(reference).max()
+
+
 def test_dynamic_onnx_stores_embedding_tables_as_int8_rows(tmp_path):
     import onnx
     import onnxruntime as ort
