@@ -190,8 +190,8 @@ def quantize_embedder(
     embeddings on the calibration batches (default 0.001): the Linears whose quantization
     costs the most are kept float, one at a time, until the loss fits.
     ``config.approximate_gelu`` (default on) computes the FFN's GELU in tanh form where int8
-    reads its output (:mod:`slimkit.quant.gelu`): within 1/50 of a quantization step, and
-    half the time of the exact form in ONNX Runtime.
+    reads its output (:mod:`slimkit.quant.gelu`): within 1/50 of a quantization step, and on
+    MiniLM in ONNX Runtime about a quarter less GELU time (97 against 126 ms per 10 batches).
 
     Example:
         >>> embedder, tok = load_minilm()  # doctest: +SKIP
