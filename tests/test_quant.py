@@ -665,6 +665,28 @@ def test_gelu_goes_tanh_only_where_int8_reads_its_output(tmp_path):
         assert {f: got.count(f) for f in set(got)} == forms
 
 
+def test_embedder_searches_smoothquant_alpha_per_group_by_the_int8_error_it_measures():
+    from slimkit.quant.smooth import ALPHAS
+    from slimkit.quant.transformer import layer_errors, quantize_embedder
+
+    embedder, ids, mask = _tiny_bert(massive=40.0)
+    batches = [{"input_ids": ids, "attention_mask": mask}]
+    searched = quantize_embedder(embedder, batches, accuracy_budget=1.0)
+    fixed = quantize_embedder(embedder, batches, accuracy_budget=1.0, smooth_alpha=0.5)
+    assert set(fixed.alphas.values()) == {0.5} and len(searched.alphas) == 4  # 2 groups a layer
+    assert set(searched.alphas.values()) <= set(ALPHAS) and set(searched.alphas.values()) != {0.5}
+    # layer_errors scores each Linear on the input its forward gets (after SmoothQuant's scaling),
+    # with the deployed grids: for a group of one Linear, the search's own criterion, so the
+    # searched alpha cannot do worse than 0.5
+    ffn = [name for name in searched.alphas if name.endswith("intermediate.dense")]
+    errors, errors_fixed = (
+        layer_errors(searched.fake_quant, batches),
+        layer_errors(fixed.fake_quant, batches),
+    )
+    assert all(errors[n] <= errors_fixed[n] for n in ffn)
+    assert any(errors[n] < 0.95 * errors_fixed[n] for n in ffn)
+
+
 def test_per_token_embedder_keeps_one_stream_and_matches(tmp_path):
     import onnx
 

@@ -40,6 +40,9 @@ def input_absmax(
 ) -> dict[str, torch.Tensor]:
     """Per-channel max |input| of each named Linear while ``run(model)`` feeds calibration data.
 
+    The input is seen as the Linear's forward receives it: after the layer's own forward
+    pre-hooks, such as :func:`smooth`'s scaling.
+
     With ``samples`` given, each batch's input rows are also kept there (up to ``SAMPLE_ROWS``
     rows per layer), for :func:`choose_alpha`.
 
@@ -84,17 +87,27 @@ def smoothing_factor(act: torch.Tensor, linears: list[nn.Linear], alpha: float) 
 
 
 def choose_alpha(
-    x: torch.Tensor, act: torch.Tensor, linears: list[nn.Linear], alphas=ALPHAS
+    x: torch.Tensor,
+    act: torch.Tensor,
+    linears: list[nn.Linear],
+    alphas: tuple[float, ...] = ALPHAS,
+    act_quant: nn.Module | None = None,
+    pair_safe: bool = False,
 ) -> float:
     """The migration strength whose int8 (dynamic activations, per-channel weights) output is
     closest to the float output on sample inputs ``x`` (a per-layer search, as in the SmoothQuant
     paper's appendix and Intel Neural Compressor's auto-tuning).
+
+    ``act_quant`` is the run-time input quantizer (default: per tensor, as ONNX Runtime's
+    ``DynamicQuantizeLinear``; per token for :mod:`slimkit.quant.per_token`), and
+    ``pair_safe`` widens the weight scales as :func:`~slimkit.quant.observers.pair_safe_scale`
+    does: the search scores the int8 grids that will be deployed.
     """
     from slimkit.quant.fake import DynamicActFakeQuant
-    from slimkit.quant.observers import QScheme, qparams_from_range
+    from slimkit.quant.observers import QScheme, pair_safe_scale, qparams_from_range
 
     scheme = QScheme(bits=8, axis=0)
-    act_quant = DynamicActFakeQuant()
+    act_quant = act_quant or DynamicActFakeQuant()
     reference = [x @ lin.weight.detach().T for lin in linears]
     best, best_err = alphas[0], float("inf")
     for alpha in alphas:
@@ -105,6 +118,7 @@ def choose_alpha(
             w = lin.weight.detach() * s
             bound = w.abs().amax(1)
             scale, zero = qparams_from_range(-bound, bound, scheme)
+            scale = pair_safe_scale(w, scale) if pair_safe else scale
             wq = torch.fake_quantize_per_channel_affine(w, scale, zero, 0, *scheme.range)
             err += float(((xq @ wq.T - ref) ** 2).mean())
         if err < best_err:
@@ -122,11 +136,14 @@ def smooth(
     absmax: dict[str, torch.Tensor],
     alpha: float | None = 0.5,
     samples: dict[str, list[torch.Tensor]] | None = None,
+    act_quant: nn.Module | None = None,
+    pair_safe: bool = False,
 ) -> dict[str, float]:
     """Apply SmoothQuant's per-channel migration to each group, in place (float outputs unchanged).
 
-    ``alpha=None`` searches each group's alpha on ``samples`` (see :func:`choose_alpha`).
-    Returns the alpha used per group (named by its first Linear).
+    ``alpha=None`` searches each group's alpha on ``samples`` (see :func:`choose_alpha`, which
+    takes ``act_quant`` and ``pair_safe``). Returns the alpha used per group (named by its first
+    Linear).
 
     Example:
         >>> net = nn.Sequential(nn.LayerNorm(2), nn.Linear(2, 2))
@@ -146,7 +163,8 @@ def smooth(
         if a is None:
             if samples is None:
                 raise SlimkitError("searching alpha needs sample inputs (samples=...)")
-            a = choose_alpha(torch.cat(samples[group.linears[0]]), act, linears)
+            x = torch.cat(samples[group.linears[0]])
+            a = choose_alpha(x, act, linears, act_quant=act_quant, pair_safe=pair_safe)
         chosen[group.linears[0]] = a
         s = smoothing_factor(act, linears, a)
         with torch.no_grad():

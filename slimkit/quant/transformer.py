@@ -26,7 +26,7 @@ from slimkit.errors import SlimkitError
 from slimkit.io import atomic_path
 from slimkit.measure._common import quiet, root_cause
 from slimkit.quant.config import QuantConfig, as_config
-from slimkit.quant.dynamic import prepare_dynamic, quantize_onnx_dynamic
+from slimkit.quant.dynamic import act_quant, prepare_dynamic, quantize_onnx_dynamic
 from slimkit.quant.gelu import approximate_gelus
 from slimkit.quant.outliers import FLOAT_BRANCH, find_outlier_neurons, split_outlier_neurons
 from slimkit.quant.smooth import SmoothGroup, balance_signs, bert_groups, input_absmax, smooth
@@ -184,8 +184,10 @@ def quantize_embedder(
     on the calibration batches move to a float branch
     (:func:`~slimkit.quant.outliers.split_outlier_neurons`), so that ONNX Runtime's fast
     per-tensor kernel serves every Linear; ``"token"`` gives every token its own range instead
-    (slower in ONNX Runtime, see :mod:`slimkit.quant.per_token`). ``config.smooth_alpha``
-    (default 0.5) sets SmoothQuant's migration strength on the Linears that read a LayerNorm;
+    (slower in ONNX Runtime, see :mod:`slimkit.quant.per_token`). ``config.smooth_alpha`` sets
+    SmoothQuant's migration strength on the Linears that read a LayerNorm; unset (the default),
+    it is searched per group on the calibration inputs (:func:`~slimkit.quant.smooth.choose_alpha`,
+    scored with the run-time quantizer and the deployed weight grids); 0 turns smoothing off.
     ``config.accuracy_budget`` is the allowed loss of mean cosine similarity to the float
     embeddings on the calibration batches (default 0.001): the Linears whose quantization
     costs the most are kept float, one at a time, until the loss fits.
@@ -205,18 +207,19 @@ def quantize_embedder(
         neurons = find_outlier_neurons(model, _runner(calibration))
         model = split_outlier_neurons(copy.deepcopy(model), neurons).eval()
         cfg = cfg.model_copy(update={"skip": [*cfg.skip, FLOAT_BRANCH]})
-    alpha = 0.5 if cfg.smooth_alpha is None else cfg.smooth_alpha
-    groups = bert_groups(model, norm_inputs_only=True) if alpha > 0 else []
-    stats = {}
+    groups = bert_groups(model, norm_inputs_only=True) if cfg.smooth_alpha != 0 else []
+    stats: dict[str, torch.Tensor] = {}
+    samples: dict[str, list[torch.Tensor]] = {}
     if groups:  # smoothing scales a Linear's own input only, so float statistics stay valid
-        stats = input_absmax(model, [g.linears[0] for g in groups], _runner(calibration))
-    smoothed, fake, alphas, tanh = _smoothed_pair(model, groups, stats, alpha, cfg)
+        layers = [g.linears[0] for g in groups]
+        stats = input_absmax(model, layers, _runner(calibration), samples)
+    smoothed, fake, alphas, tanh = _smoothed_pair(model, groups, stats, samples, cfg)
     budget = 0.001 if cfg.accuracy_budget is None else cfg.accuracy_budget
     float_layers, sensitivity = _keep_float(fake, model, calibration, budget)
     if float_layers:  # float layers need no smoothing nor tanh GELU: rebuild without them
         kept = cfg.model_copy(update={"skip": [*cfg.skip, *float_layers]})
         groups = [g for g in groups if not set(g.linears) <= set(float_layers)]
-        smoothed, fake, alphas, tanh = _smoothed_pair(model, groups, stats, alpha, kept)
+        smoothed, fake, alphas, tanh = _smoothed_pair(model, groups, stats, samples, kept)
     return QuantizedEmbedder(smoothed, fake, cfg, float_layers, alphas, sensitivity, neurons, tanh)
 
 
@@ -224,12 +227,17 @@ def _smoothed_pair(
     model: nn.Module,
     groups: list[SmoothGroup],
     stats: dict[str, torch.Tensor],
-    alpha: float,
+    samples: dict[str, list[torch.Tensor]],
     cfg: QuantConfig,
 ) -> tuple[nn.Module, nn.Module, dict[str, float], list[str]]:
     """(smoothed float model, its fake-quantized copy, alphas used, layers with tanh GELU)."""
+    from slimkit.quant.api import pair_safe
+
     smoothed = copy.deepcopy(model).eval()
-    alphas = smooth(smoothed, groups, stats, alpha) if groups else {}
+    alphas = {}
+    if groups:  # alpha None: searched per group, scored on the int8 grids to be deployed
+        alphas = smooth(smoothed, groups, stats, cfg.smooth_alpha, samples, act_quant(cfg),
+                        pair_safe(cfg))  # fmt: skip
     if cfg.granularity == "token":  # fewer zero-point correction rows; floats unchanged
         balance_signs(smoothed, groups)
     tanh = approximate_gelus(smoothed, cfg.skip) if cfg.approximate_gelu else []
@@ -268,8 +276,7 @@ def layer_errors(fake: nn.Module, batches: list[Batch]) -> dict[str, float]:
     with torch.no_grad():
         for name in names:
             layer = fake.get_submodule(name)
-            x = torch.cat(samples[name])
-            x = x * layer.smooth_inv if hasattr(layer, "smooth_inv") else x
+            x = torch.cat(samples[name])  # as forward gets it: after SmoothQuant's scaling
             reference = x @ layer.weight.T
             _set_float(fake, name, False)
             quantized = layer.input_quant(x) @ layer.weight.T
