@@ -461,6 +461,41 @@ def test_smoothing_alpha_search_beats_no_smoothing_on_an_outlier_channel():
     assert int8_error(smoothed) < int8_error(net) / 2
 
 
+def test_alpha_search_scores_the_weight_grid_it_is_given():
+    from slimkit.quant.dynamic import weight_quantizer
+    from slimkit.quant.smooth import choose_alpha
+
+    torch.manual_seed(0)
+    layer = nn.Linear(32, 16, bias=False)
+    x = torch.randn(512, 32)
+    x[:, 5] *= 60.0
+    act = x.abs().amax(0)
+    grids = {
+        bits: weight_quantizer(QuantConfig(mode="dynamic", weight_bits=bits, reduce_range=False))
+        for bits in (8, 3)
+    }
+    fine, coarse = (choose_alpha(x, act, [layer], weight_quant=grids[b]) for b in (8, 3))
+    # 3-bit weights take less of the activation's outlier than 8-bit ones can
+    assert coarse < fine
+    # the default scores the deployed dynamic int8 grid
+    assert choose_alpha(x, act, [layer]) == choose_alpha(
+        x, act, [layer], weight_quant=weight_quantizer(QuantConfig(mode="dynamic"))
+    )
+
+
+def test_dynamic_onnx_weights_are_the_pytorch_models_int8_grid():
+    from slimkit.quant.dynamic import linear_weight_quant, weight_qparams
+
+    torch.manual_seed(0)
+    w = torch.randn(24, 40)  # [out, in]
+    coarse = QuantConfig(mode="dynamic", per_channel=False, weight_bits=6, weight_observer="mse")
+    for cfg in (QuantConfig(mode="dynamic"), coarse):
+        fake = linear_weight_quant(w.clone(), cfg)(w)
+        q, scale, zero = weight_qparams(w.T.numpy(), cfg)  # ONNX layout [in, out]
+        assert q.dtype == np.int8 and q.shape == (40, 24) and not zero.any()
+        torch.testing.assert_close(torch.from_numpy(q.astype(np.float32) * scale).T, fake)
+
+
 def test_balance_signs_keeps_outputs_and_shrinks_column_sums():
     from slimkit.quant.smooth import SmoothGroup, balance_signs, input_absmax, smooth
 
@@ -685,6 +720,33 @@ def test_embedder_searches_smoothquant_alpha_per_group_by_the_int8_error_it_meas
     )
     assert all(errors[n] <= errors_fixed[n] for n in ffn)
     assert any(errors[n] < 0.95 * errors_fixed[n] for n in ffn)
+
+
+def test_embedder_rebuild_without_float_layers_keeps_the_searched_alphas(monkeypatch):
+    import importlib
+
+    from slimkit.quant.transformer import quantize_embedder
+
+    smoothquant = importlib.import_module("slimkit.quant.smooth")  # the package exports smooth()
+
+    calls: list[int] = []
+    search = smoothquant.choose_alpha
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return search(*args, **kwargs)
+
+    embedder, ids, mask = _tiny_bert(massive=40.0)
+    batches = [{"input_ids": ids, "attention_mask": mask}]
+    monkeypatch.setattr(smoothquant, "choose_alpha", counted)
+    # the int8 loss here is about 2e-8: this budget keeps some Linears float, not all
+    result = quantize_embedder(embedder, batches, accuracy_budget=5e-9)
+    assert result.float_layers  # so the smoothed pair was built twice
+    assert len(calls) == 4  # one search per group (2 a layer), not one per build
+    groups = ("attention.self.query", "intermediate.dense")
+    assert set(result.alphas) <= {f"model.encoder.layer.{i}.{n}" for i in (0, 1) for n in groups}
+    with pytest.raises(SlimkitError, match="keeps every Linear float"):
+        quantize_embedder(embedder, batches, accuracy_budget=0.0)
 
 
 def test_per_token_embedder_keeps_one_stream_and_matches(tmp_path):

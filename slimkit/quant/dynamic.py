@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,6 @@ from slimkit.errors import SlimkitError
 from slimkit.io import atomic_path
 from slimkit.quant.config import QuantConfig
 from slimkit.quant.fake import DynamicActFakeQuant, WeightFakeQuant
-from slimkit.quant.observers import QScheme, make_observer, pair_safe_scale
 
 MS_DOMAIN = "com.microsoft"
 MIN_TABLE = 4096  # smaller lookup tables (position, token type) are not worth an int8 copy
@@ -58,17 +58,12 @@ def prepare_dynamic(model: nn.Module, cfg: QuantConfig) -> nn.Module:
         >>> net(torch.ones(2, 4)).shape
         torch.Size([2, 3])
     """
-    from slimkit.quant.api import pair_safe, weight_scheme
-
-    scheme, safe = weight_scheme(cfg), pair_safe(cfg)
     count = 0
     for name, layer in list(model.named_modules()):
         if not isinstance(layer, nn.Linear) or is_skipped(name, cfg.skip):
             continue
-        quant = WeightFakeQuant(scheme, cfg.weight_observer)
+        quant = linear_weight_quant(layer.weight.detach(), cfg)
         parametrize.register_parametrization(layer, "weight", quant)
-        quant.calibrate(layer.parametrizations.weight.original.detach(), pair_safe=safe)
-        quant.observer = None
         layer.input_quant = act_quant(cfg)
         layer.register_forward_pre_hook(_quant_input)
         count += 1
@@ -111,26 +106,51 @@ class RowInt8(nn.Module):
         return q * scale
 
 
-def weight_qparams(
-    w: np.ndarray, cfg: QuantConfig, axis: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(int8 weights, scales, zero points) of a constant weight, per channel along ``axis``."""
+def linear_weight_quant(weight: torch.Tensor, cfg: QuantConfig) -> WeightFakeQuant:
+    """The int8 grid of a Linear weight (``[out, in]``) as dynamic quantization deploys it:
+    ``cfg``'s weight scheme and observer, pair-safe scales where the CPU needs them
+    (:func:`~slimkit.quant.api.pair_safe`). Clips ``weight`` to that grid, in place.
+
+    The one place the grid is chosen: the PyTorch model, the ONNX rewrite and SmoothQuant's
+    alpha search (:func:`weight_quantizer`) all use it, so they agree on every weight.
+
+    Example:
+        >>> from slimkit.quant.config import QuantConfig
+        >>> cfg = QuantConfig(mode="dynamic", reduce_range=False)  # plain 8-bit, any CPU
+        >>> quant = linear_weight_quant(torch.tensor([[1.0, -0.3]]), cfg)
+        >>> (quant(torch.tensor([[1.0, -0.3]])) * 127).round().tolist()  # steps of 1/127
+        [[127.0, -38.0]]
+    """
     from slimkit.quant.api import pair_safe, weight_scheme
 
-    scheme = weight_scheme(cfg)
-    scheme = QScheme(scheme.bits, True, True, axis if cfg.per_channel else None)
-    observer = make_observer(cfg.weight_observer, scheme)
-    tensor = torch.from_numpy(np.array(w, dtype=np.float32))
-    observer.observe(tensor)
-    scale, zero = observer.qparams()
-    if pair_safe(cfg):
-        scale = pair_safe_scale(tensor, scale, axis)
-    qmin, qmax = scheme.range
-    shape = [1] * w.ndim
-    if scheme.axis is not None:
-        shape[axis] = -1
-    q = torch.clamp(torch.round(tensor / scale.reshape(shape)) + zero.reshape(shape), qmin, qmax)
-    return q.to(torch.int8).numpy(), scale.reshape(-1).numpy(), zero.reshape(-1).numpy()
+    quant = WeightFakeQuant(weight_scheme(cfg), cfg.weight_observer)
+    quant.calibrate(weight, pair_safe=pair_safe(cfg))
+    quant.observer = None
+    return quant
+
+
+def weight_quantizer(cfg: QuantConfig) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``weight -> weight`` quantized to its deployed int8 grid and back (the input is not
+    changed): for scoring choices, such as SmoothQuant's alpha, on the weights that will run.
+
+    Example:
+        >>> from slimkit.quant.config import QuantConfig
+        >>> fake = weight_quantizer(QuantConfig(mode="dynamic", weight_bits=2))
+        >>> fake(torch.tensor([[1.0, 0.4, -0.8]])).tolist()  # levels -1, 0, 1
+        [[1.0, 0.0, -1.0]]
+    """
+    return lambda weight: linear_weight_quant(weight.detach().clone(), cfg)(weight)
+
+
+def weight_qparams(w: np.ndarray, cfg: QuantConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(int8 weights, scales, zero points) of a constant ONNX weight ``[K, N]``, per output
+    channel N: the grid of :func:`linear_weight_quant`."""
+    tensor = torch.from_numpy(np.array(w, dtype=np.float32).T.copy())  # [N, K], as a Linear's
+    quant = linear_weight_quant(tensor, cfg)
+    qmin, qmax = quant.scheme.range
+    scale, zero = quant.scale.reshape(-1, 1), quant.zero_point.reshape(-1, 1)
+    q = torch.clamp(torch.round(tensor / scale) + zero, qmin, qmax)
+    return q.T.to(torch.int8).numpy(), scale.reshape(-1).numpy(), zero.reshape(-1).numpy()
 
 
 def quantize_onnx_dynamic(
@@ -268,7 +288,7 @@ class _Rewriter:
         use_opset(self.model)
         weights = {}
         for index, (node, w, _, _) in plans.items():
-            q, scale, _ = weight_qparams(w, self.cfg, axis=1)  # symmetric: zero points are 0
+            q, scale, _ = weight_qparams(w, self.cfg)  # symmetric: zero points are 0
             weights[str(index)] = (node.input[0], q, scale)
         builder = PerTokenMatMuls(self.graph, weights, activation_scheme(self.cfg).bits)
         return {
@@ -324,7 +344,7 @@ class _Rewriter:
         base = (node.input[1] or node.name).replace("/", "_")
         if key not in self.made:
             self.made[key] = [f"{base}_quantized", f"{base}_scale", f"{base}_zero_point"]
-            q, scale, zero = weight_qparams(w, self.cfg, axis=1)
+            q, scale, zero = weight_qparams(w, self.cfg)
             arrays = [q, scale.astype(np.float32), zero.astype(np.int8)]
             for name, array in zip(self.made[key], arrays, strict=True):
                 self.graph.initializer.append(numpy_helper.from_array(array, name))

@@ -92,22 +92,30 @@ def choose_alpha(
     linears: list[nn.Linear],
     alphas: tuple[float, ...] = ALPHAS,
     act_quant: nn.Module | None = None,
-    pair_safe: bool = False,
+    weight_quant: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> float:
-    """The migration strength whose int8 (dynamic activations, per-channel weights) output is
-    closest to the float output on sample inputs ``x`` (a per-layer search, as in the SmoothQuant
+    """The migration strength whose int8 output (dynamic activations, int8 weights) is closest
+    to the float output on sample inputs ``x`` (a per-layer search, as in the SmoothQuant
     paper's appendix and Intel Neural Compressor's auto-tuning).
 
     ``act_quant`` is the run-time input quantizer (default: per tensor, as ONNX Runtime's
     ``DynamicQuantizeLinear``; per token for :mod:`slimkit.quant.per_token`), and
-    ``pair_safe`` widens the weight scales as :func:`~slimkit.quant.observers.pair_safe_scale`
-    does: the search scores the int8 grids that will be deployed.
-    """
-    from slimkit.quant.fake import DynamicActFakeQuant
-    from slimkit.quant.observers import QScheme, pair_safe_scale, qparams_from_range
+    ``weight_quant`` maps a weight to its deployed grid and back (default: dynamic int8 with
+    default settings, :func:`~slimkit.quant.dynamic.weight_quantizer`): the search scores the
+    int8 grids that will run.
 
-    scheme = QScheme(bits=8, axis=0)
+    Example:
+        >>> lin = nn.Linear(4, 2, bias=False)
+        >>> x = torch.randn(64, 4) * torch.tensor([1.0, 1.0, 1.0, 50.0])  # one outlier channel
+        >>> choose_alpha(x, x.abs().amax(0), [lin]) in ALPHAS
+        True
+    """
+    from slimkit.quant.config import QuantConfig
+    from slimkit.quant.dynamic import weight_quantizer
+    from slimkit.quant.fake import DynamicActFakeQuant
+
     act_quant = act_quant or DynamicActFakeQuant()
+    weight_quant = weight_quant or weight_quantizer(QuantConfig(mode="dynamic"))
     reference = [x @ lin.weight.detach().T for lin in linears]
     best, best_err = alphas[0], float("inf")
     for alpha in alphas:
@@ -115,11 +123,7 @@ def choose_alpha(
         xq = act_quant(x / s)
         err = 0.0
         for lin, ref in zip(linears, reference, strict=True):
-            w = lin.weight.detach() * s
-            bound = w.abs().amax(1)
-            scale, zero = qparams_from_range(-bound, bound, scheme)
-            scale = pair_safe_scale(w, scale) if pair_safe else scale
-            wq = torch.fake_quantize_per_channel_affine(w, scale, zero, 0, *scheme.range)
+            wq = weight_quant(lin.weight.detach() * s)
             err += float(((xq @ wq.T - ref) ** 2).mean())
         if err < best_err:
             best, best_err = alpha, err
@@ -134,16 +138,17 @@ def smooth(
     model: nn.Module,
     groups: list[SmoothGroup],
     absmax: dict[str, torch.Tensor],
-    alpha: float | None = 0.5,
+    alpha: float | dict[str, float] | None = 0.5,
     samples: dict[str, list[torch.Tensor]] | None = None,
     act_quant: nn.Module | None = None,
-    pair_safe: bool = False,
+    weight_quant: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, float]:
     """Apply SmoothQuant's per-channel migration to each group, in place (float outputs unchanged).
 
-    ``alpha=None`` searches each group's alpha on ``samples`` (see :func:`choose_alpha`, which
-    takes ``act_quant`` and ``pair_safe``). Returns the alpha used per group (named by its first
-    Linear).
+    ``alpha`` is one strength for every group, or one per group (named by its first Linear);
+    ``None``, or a group missing from the dict, searches that group's alpha on ``samples``
+    (see :func:`choose_alpha`, which takes ``act_quant`` and ``weight_quant``). Returns the
+    alpha used per group.
 
     Example:
         >>> net = nn.Sequential(nn.LayerNorm(2), nn.Linear(2, 2))
@@ -159,12 +164,12 @@ def smooth(
     for group in groups:
         linears = [model.get_submodule(name) for name in group.linears]
         act = absmax[group.linears[0]]
-        a = alpha
+        a = alpha.get(group.linears[0]) if isinstance(alpha, dict) else alpha
         if a is None:
             if samples is None:
                 raise SlimkitError("searching alpha needs sample inputs (samples=...)")
             x = torch.cat(samples[group.linears[0]])
-            a = choose_alpha(x, act, linears, act_quant=act_quant, pair_safe=pair_safe)
+            a = choose_alpha(x, act, linears, act_quant=act_quant, weight_quant=weight_quant)
         chosen[group.linears[0]] = a
         s = smoothing_factor(act, linears, a)
         with torch.no_grad():

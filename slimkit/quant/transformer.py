@@ -26,7 +26,12 @@ from slimkit.errors import SlimkitError
 from slimkit.io import atomic_path
 from slimkit.measure._common import quiet, root_cause
 from slimkit.quant.config import QuantConfig, as_config
-from slimkit.quant.dynamic import act_quant, prepare_dynamic, quantize_onnx_dynamic
+from slimkit.quant.dynamic import (
+    act_quant,
+    prepare_dynamic,
+    quantize_onnx_dynamic,
+    weight_quantizer,
+)
 from slimkit.quant.gelu import approximate_gelus
 from slimkit.quant.outliers import FLOAT_BRANCH, find_outlier_neurons, split_outlier_neurons
 from slimkit.quant.smooth import SmoothGroup, balance_signs, bert_groups, input_absmax, smooth
@@ -213,13 +218,20 @@ def quantize_embedder(
     if groups:  # smoothing scales a Linear's own input only, so float statistics stay valid
         layers = [g.linears[0] for g in groups]
         stats = input_absmax(model, layers, _runner(calibration), samples)
-    smoothed, fake, alphas, tanh = _smoothed_pair(model, groups, stats, samples, cfg)
+    alpha = cfg.smooth_alpha  # None: searched per group
+    smoothed, fake, alphas, tanh = _smoothed_pair(model, groups, stats, samples, cfg, alpha)
     budget = 0.001 if cfg.accuracy_budget is None else cfg.accuracy_budget
     float_layers, sensitivity = _keep_float(fake, model, calibration, budget)
+    if len(float_layers) == len(_quantized_linears(fake)):
+        raise SlimkitError(
+            f"accuracy budget {budget} keeps every Linear float: nothing is left to quantize "
+            "(raise accuracy_budget)"
+        )
     if float_layers:  # float layers need no smoothing nor tanh GELU: rebuild without them
         kept = cfg.model_copy(update={"skip": [*cfg.skip, *float_layers]})
         groups = [g for g in groups if not set(g.linears) <= set(float_layers)]
-        smoothed, fake, alphas, tanh = _smoothed_pair(model, groups, stats, samples, kept)
+        # the searched alphas stand: a group's search scores all its Linears, float or not
+        smoothed, fake, alphas, tanh = _smoothed_pair(model, groups, stats, samples, kept, alphas)
     return QuantizedEmbedder(smoothed, fake, cfg, float_layers, alphas, sensitivity, neurons, tanh)
 
 
@@ -229,15 +241,14 @@ def _smoothed_pair(
     stats: dict[str, torch.Tensor],
     samples: dict[str, list[torch.Tensor]],
     cfg: QuantConfig,
+    alpha: float | dict[str, float] | None,
 ) -> tuple[nn.Module, nn.Module, dict[str, float], list[str]]:
     """(smoothed float model, its fake-quantized copy, alphas used, layers with tanh GELU)."""
-    from slimkit.quant.api import pair_safe
-
     smoothed = copy.deepcopy(model).eval()
     alphas = {}
     if groups:  # alpha None: searched per group, scored on the int8 grids to be deployed
-        alphas = smooth(smoothed, groups, stats, cfg.smooth_alpha, samples, act_quant(cfg),
-                        pair_safe(cfg))  # fmt: skip
+        alphas = smooth(smoothed, groups, stats, alpha, samples, act_quant(cfg),
+                        weight_quantizer(cfg))  # fmt: skip
     if cfg.granularity == "token":  # fewer zero-point correction rows; floats unchanged
         balance_signs(smoothed, groups)
     tanh = approximate_gelus(smoothed, cfg.skip) if cfg.approximate_gelu else []
