@@ -293,6 +293,40 @@ def test_dynamic_onnx_folds_a_transposed_constant_weight_into_the_int8_gemm(tmp_
     assert np.abs(got - reference).max() < 0.03 * np.abs(reference).max()
 
 
+def test_dynamic_onnx_keeps_a_gemm_that_adds_a_computed_tensor_float(tmp_path):
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from slimkit.quant.dynamic import quantize_onnx_dynamic
+
+    # y = a @ W + c with c an input (a residual), and z = a @ W2 + b with b a bias vector:
+    # only the second is a Linear; the first must not take c for a bias
+    rng = np.random.default_rng(0)
+    w, w2, b = (rng.standard_normal(s).astype(np.float32) for s in ((16, 8), (16, 8), (8,)))
+    tensor = helper.make_tensor_value_info
+    inputs = [tensor("a", TensorProto.FLOAT, ["n", 16]), tensor("c", TensorProto.FLOAT, ["n", 8])]
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["a", "w", "c"], ["y"]),
+         helper.make_node("Gemm", ["a", "w2", "b"], ["z"])],
+        "gemms", inputs,
+        [tensor("y", TensorProto.FLOAT, ["n", 8]), tensor("z", TensorProto.FLOAT, ["n", 8])],
+        [numpy_helper.from_array(x, n) for x, n in ((w, "w"), (w2, "w2"), (b, "b"))],
+    )  # fmt: skip
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
+              tmp_path / "f.onnx")  # fmt: skip
+    done = quantize_onnx_dynamic(
+        tmp_path / "f.onnx", tmp_path / "q.onnx", QuantConfig(mode="dynamic")
+    )
+    ops = [n.op_type for n in onnx.load(tmp_path / "q.onnx").graph.node]
+    assert done["quantized"] == 1 and sorted(ops) == ["DynamicQuantizeMatMul", "Gemm"]
+    a, c = rng.standard_normal((5, 16)).astype(np.float32), rng.standard_normal((5, 8))
+    session = ort.InferenceSession(str(tmp_path / "q.onnx"), providers=["CPUExecutionProvider"])
+    y, z = session.run(None, {"a": a, "c": c.astype(np.float32)})
+    np.testing.assert_allclose(y, a @ w + c, rtol=1e-4, atol=1e-4)  # float, exact
+    assert np.abs(z - (a @ w2 + b)).max() < 0.03 * np.abs(a @ w2 + b).max()
+
+
 def test_dynamic_onnx_stores_embedding_tables_as_int8_rows(tmp_path):
     import onnx
     import onnxruntime as ort

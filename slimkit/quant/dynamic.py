@@ -264,10 +264,18 @@ class _Rewriter:
             return None
         if node.op_type == "Gemm" and (
             _attr(node, "transA", 0) or _attr(node, "alpha", 1.0) != 1.0
-            or _attr(node, "beta", 1.0) != 1.0
+            or _attr(node, "beta", 1.0) != 1.0 or not self._bias_only(node)
         ):  # fmt: skip
             return None
         return node.input[1]
+
+    def _bias_only(self, node: Any) -> bool:
+        """Whether a Gemm's C is absent or a constant bias vector: a Gemm that adds a computed
+        tensor (a residual, a branch) is no Linear to rewrite, and stays float."""
+        if len(node.input) < 3 or not node.input[2]:
+            return True
+        bias = self.inits.get(node.input[2])
+        return bias is not None and len(bias.dims) == 1
 
     def _bias(self, node: Any, consumers: dict, width: int) -> tuple[str, str, Any]:
         if node.op_type == "Gemm" and len(node.input) > 2 and node.input[2]:
