@@ -264,3 +264,18 @@ def test_docstring_examples(module):
     # The exporting examples are left to the tests above, which cover the same calls faster.
     failures, _ = doctest.testmod(importlib.import_module(f"slimkit.measure.{module}"))
     assert failures == 0
+
+
+def test_run_session_pads_the_last_batch_of_a_fixed_batch_onnx_file(tmp_path):
+    import numpy as np
+    import onnx
+
+    from slimkit.measure.onnx_runtime import ort_session, run_session
+
+    path = tmp_path / "fixed.onnx"
+    onnx.save(onnx.parser.parse_model(
+        '<ir_version: 8, opset_import: ["": 13]> neg (float[2, 3] x) => (float[2, 3] y)'
+        " { y = Neg(x) }"
+    ), path)  # fmt: skip
+    x = np.arange(15, dtype=np.float32).reshape(5, 3)  # 5 rows: two full batches and one row
+    np.testing.assert_array_equal(run_session(ort_session(path), x), -x)

@@ -57,7 +57,16 @@ def export_onnx(
 
 
 def ort_session(path: str | Path, threads: int | None = None) -> Any:
-    """An ONNX Runtime CPU session on ``path`` (``threads`` intra-op, one inter-op thread)."""
+    """An ONNX Runtime CPU session on ``path`` (``threads`` intra-op, one inter-op thread).
+
+    Example:
+        >>> import onnx, tempfile
+        >>> path = tempfile.mkdtemp() + "/relu.onnx"
+        >>> onnx.save(onnx.parser.parse_model('<ir_version: 8, opset_import: ["": 13]> relu'
+        ...     " (float[N, 3] x) => (float[N, 3] y) { y = Relu(x) }"), path)
+        >>> ort_session(path, threads=1).get_inputs()[0].shape
+        ['N', 3]
+    """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -72,16 +81,42 @@ def ort_session(path: str | Path, threads: int | None = None) -> Any:
 
 
 def fixed_batch(session: Any) -> int | None:
-    """The batch size an ONNX input is fixed to, or None when its batch axis is dynamic."""
+    """The batch size an ONNX input is fixed to, or None when its batch axis is dynamic.
+
+    Example:
+        >>> import onnx, tempfile
+        >>> path = tempfile.mkdtemp() + "/relu.onnx"
+        >>> onnx.save(onnx.parser.parse_model('<ir_version: 8, opset_import: ["": 13]> relu'
+        ...     " (float[2, 3] x) => (float[2, 3] y) { y = Relu(x) }"), path)
+        >>> fixed_batch(ort_session(path))
+        2
+    """
     shape = session.get_inputs()[0].shape
     return shape[0] if shape and isinstance(shape[0], int) else None
 
 
 def run_session(session: Any, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Run ``session`` on ``x`` in batches (of the ONNX file's fixed batch size, if it has one)."""
+    """Run ``session`` on ``x`` in batches (of the ONNX file's fixed batch size, if it has one).
+
+    Example:
+        >>> import onnx, tempfile
+        >>> path = tempfile.mkdtemp() + "/relu.onnx"
+        >>> onnx.save(onnx.parser.parse_model('<ir_version: 8, opset_import: ["": 13]> relu'
+        ...     " (float[N, 3] x) => (float[N, 3] y) { y = Relu(x) }"), path)
+        >>> run_session(ort_session(path), np.ones((5, 3), np.float32), batch_size=2).shape
+        (5, 3)
+    """
     name = session.get_inputs()[0].name
-    step = fixed_batch(session) or batch_size
-    chunks = [session.run(None, {name: x[i : i + step]})[0] for i in range(0, len(x), step)]
+    fixed = fixed_batch(session)
+    step = fixed or batch_size
+    chunks = []
+    for i in range(0, len(x), step):
+        part = x[i : i + step]
+        if fixed and len(part) < fixed:  # a fixed batch takes full batches only: pad, then trim
+            pad = np.zeros((fixed - len(part), *part.shape[1:]), part.dtype)
+            chunks.append(session.run(None, {name: np.concatenate([part, pad])})[0][: len(part)])
+        else:
+            chunks.append(session.run(None, {name: part})[0])
     return np.concatenate(chunks)
 
 
