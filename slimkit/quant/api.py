@@ -68,7 +68,19 @@ def quantize(
 
 
 def check_finite(model: nn.Module) -> None:
-    """Refuse a model with NaN or infinite weights, naming the first such tensor."""
+    """Refuse a model with NaN or infinite weights, naming the first such tensor.
+
+    Example:
+        >>> net = nn.Linear(2, 1)
+        >>> check_finite(net)  # fine: returns None
+        >>> with torch.no_grad():
+        ...     net.bias.fill_(float("nan"))
+        Parameter containing:
+        tensor([nan], requires_grad=True)
+        >>> check_finite(net)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        slimkit.errors.SlimkitError: weight 'bias' holds NaN or infinite values; ...
+    """
     for name, tensor in model.state_dict().items():
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise SlimkitError(
@@ -84,6 +96,12 @@ def weight_scheme(cfg: QuantConfig) -> QScheme:
     int8 kernels add pairs of u8 x s8 products in saturating 16-bit registers (vpmaddubsw),
     which 7-bit weights cannot overflow (ONNX Runtime's quantization guide, "reduce_range").
     Dynamic Linears keep 8 bits with pair-safe scales instead (:func:`pair_safe`).
+
+    Example:
+        >>> weight_scheme(QuantConfig(mode="static", reduce_range=False))
+        QScheme(bits=8, symmetric=True, signed=True, axis=0)
+        >>> weight_scheme(QuantConfig(mode="static", reduce_range=True)).bits
+        7
     """
     bits = cfg.weight_bits
     if bits == 8 and cfg.mode in ("static", "qat") and _reduce_range(cfg.reduce_range):
@@ -96,6 +114,12 @@ def pair_safe(cfg: QuantConfig) -> bool:
     (:func:`slimkit.quant.observers.pair_safe_scale`): on CPUs that need ``reduce_range``.
     They cannot saturate the 16-bit pair sums whatever the 8-bit activations. (Per token, the
     activations give up the bit instead; see :func:`activation_scheme`.)
+
+    Example:
+        >>> pair_safe(QuantConfig(mode="dynamic", reduce_range=True))
+        True
+        >>> pair_safe(QuantConfig(mode="static", reduce_range=True))  # static uses 7-bit weights
+        False
     """
     return (
         cfg.mode == "dynamic" and cfg.granularity == "tensor" and cfg.weight_bits == 8
@@ -110,6 +134,13 @@ def activation_scheme(cfg: QuantConfig) -> QScheme:
     every row then has values at both ends of its grid, so u8 values up to 255 would often
     saturate the u8 x s8 pair sums; values up to 127 never can (2 * 127 * 127 < 2**15), whatever
     the 8-bit weights.
+
+    Example:
+        >>> activation_scheme(QuantConfig()).range
+        (0, 255)
+        >>> token = QuantConfig(mode="dynamic", granularity="token", reduce_range=True)
+        >>> activation_scheme(token).bits  # per token, the activations give up the bit
+        7
     """
     bits = cfg.activation_bits
     if bits == 8 and cfg.granularity == "token" and _reduce_range(cfg.reduce_range):
@@ -143,7 +174,13 @@ def cpu_needs_reduce_range() -> bool:
 def calibration_batches(
     data: Dataset | torch.Tensor | list[torch.Tensor] | None, cfg: QuantConfig
 ) -> list[torch.Tensor]:
-    """The first ``calibration_batches`` batches of real inputs, validated."""
+    """The first ``calibration_batches`` batches of real inputs, validated.
+
+    Example:
+        >>> batches = calibration_batches(torch.randn(10, 4), QuantConfig(batch_size=4))
+        >>> [len(b) for b in batches]
+        [4, 4, 2]
+    """
     if data is None:
         raise SlimkitError(
             f"mode {cfg.mode!r} needs calibration data: pass a Dataset or input batches"
@@ -243,6 +280,13 @@ def quantized_model(
     Checkpoints of quantized models name this builder (registered in
     :data:`slimkit.models.registry.BUILDERS`, not the zoo); :func:`slimkit.models.load_checkpoint`
     calls it, and the checkpoint's tensors fill in weights, scales and zero points.
+
+    Example:
+        >>> from slimkit.models import build_model, spec_of
+        >>> spec = spec_of(quantize(build_model("mlp", (1, 8, 8), 10), mode="dynamic"))
+        >>> rebuilt = quantized_model(spec.input_shape, spec.num_classes, **spec.kwargs)
+        >>> rebuilt(torch.zeros(1, 1, 8, 8)).shape
+        torch.Size([1, 10])
     """
     del input_shape, num_classes  # recorded in ``base``
     cfg = QuantConfig(**config)
@@ -271,10 +315,25 @@ def quantized_model(
 
 
 def quantizers(model: nn.Module) -> list[FakeQuant]:
-    """Every fake-quantizer in ``model`` (weights and activations)."""
+    """Every fake-quantizer in ``model`` (weights and activations).
+
+    Example:
+        >>> from slimkit.models import build_model
+        >>> x = torch.randn(16, 1, 8, 8)
+        >>> q = quantize(build_model("mlp", (1, 8, 8), 10), mode="static", data=x)
+        >>> len(quantizers(q)) > 0, all(f.mode == "quant" for f in quantizers(q))
+        (True, True)
+    """
     return [m for m in model.modules() if isinstance(m, FakeQuant)]
 
 
 def quant_info(model: nn.Module) -> dict[str, Any] | None:
-    """What :func:`quantize` did to ``model`` (mode, settings, float layers), or None."""
+    """What :func:`quantize` did to ``model`` (mode, settings, float layers), or None.
+
+    Example:
+        >>> quant_info(nn.Linear(2, 2)) is None  # never quantized
+        True
+        >>> quant_info(quantize(nn.Sequential(nn.Linear(4, 2)), mode="dynamic"))["float_layers"]
+        []
+    """
     return getattr(model, META, None)

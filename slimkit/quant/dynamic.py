@@ -78,7 +78,15 @@ def prepare_dynamic(model: nn.Module, cfg: QuantConfig) -> nn.Module:
 
 def act_quant(cfg: QuantConfig) -> DynamicActFakeQuant:
     """The run-time input quantizer ONNX Runtime will apply: 8-bit per tensor
-    (DynamicQuantizeMatMul), or per token as :mod:`slimkit.quant.per_token` writes it."""
+    (DynamicQuantizeMatMul), or per token as :mod:`slimkit.quant.per_token` writes it.
+
+    Example:
+        >>> from slimkit.quant.config import QuantConfig
+        >>> act_quant(QuantConfig(mode="dynamic")).per_token
+        False
+        >>> act_quant(QuantConfig(mode="dynamic", granularity="token")).per_token
+        True
+    """
     from slimkit.quant.api import activation_scheme
 
     if cfg.granularity == "token":
@@ -99,7 +107,12 @@ def row_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class RowInt8(nn.Module):
-    """Symmetric int8 with one scale per row: an embedding table as the ONNX rewrite stores it."""
+    """Symmetric int8 with one scale per row: an embedding table as the ONNX rewrite stores it.
+
+    Example:
+        >>> RowInt8()(torch.tensor([[1.0, 0.3], [0.0, -2.0]])).tolist()
+        [[1.0, 0.29921260476112366], [0.0, -2.0]]
+    """
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         q, scale = row_int8(w)
@@ -144,7 +157,15 @@ def weight_quantizer(cfg: QuantConfig) -> Callable[[torch.Tensor], torch.Tensor]
 
 def weight_qparams(w: np.ndarray, cfg: QuantConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(int8 weights, scales, zero points) of a constant ONNX weight ``[K, N]``, per output
-    channel N: the grid of :func:`linear_weight_quant`."""
+    channel N: the grid of :func:`linear_weight_quant`.
+
+    Example:
+        >>> from slimkit.quant.config import QuantConfig
+        >>> w = np.array([[1.0, 0.5], [-0.3, 0.25]], dtype=np.float32)  # [K, N]
+        >>> q, scale, zero = weight_qparams(w, QuantConfig(mode="dynamic", reduce_range=False))
+        >>> q.tolist(), (scale * 127).round(3).tolist(), zero.tolist()
+        ([[127, 127], [-38, 64]], [1.0, 0.5], [0, 0])
+    """
     tensor = torch.from_numpy(np.array(w, dtype=np.float32).T.copy())  # [N, K], as a Linear's
     quant = linear_weight_quant(tensor, cfg)
     qmin, qmax = quant.scheme.range
@@ -403,6 +424,14 @@ def module_scope(node: Any) -> str | None:
     """The PyTorch module an exported ONNX node came from (the exporter's name scopes).
 
     The exporter lists the module path of every enclosing module, then the FX node's own name.
+
+    Example:
+        >>> from onnx import helper
+        >>> node = helper.make_node("MatMul", ["x", "w"], ["y"])
+        >>> scopes = "['', 'encoder', 'linear']"  # enclosing modules, then the node's own name
+        >>> helper.set_metadata_props(node, {"pkg.torch.onnx.name_scopes": scopes})
+        >>> module_scope(node)
+        'encoder'
     """
     props = {prop.key: prop.value for prop in node.metadata_props}
     scopes = _names(props.get("pkg.torch.onnx.name_scopes", ""))

@@ -121,7 +121,13 @@ class _quantizers_off:
 
 def register_format() -> bool:
     """Register ``onnx-int8`` in :data:`slimkit.export.FORMATS` (once); False while
-    ``slimkit.export`` is still being imported (its registry does not exist yet)."""
+    ``slimkit.export`` is still being imported (its registry does not exist yet).
+
+    Example:
+        >>> from slimkit.export import FORMATS
+        >>> register_format(), "onnx-int8" in FORMATS
+        (True, True)
+    """
     import sys
 
     module = sys.modules.get("slimkit.export")

@@ -83,6 +83,12 @@ class FakeQuant(nn.Module):
 
     ``mode`` is ``"observe"`` (record ranges, pass values through), ``"quant"`` (fake-quantize)
     or ``"off"`` (pass through: the layer stays float, as mixed precision decides).
+
+    Example:
+        >>> q = FakeQuant(QScheme(bits=8, symmetric=False, signed=False))
+        >>> _ = q(torch.tensor([0.0, 2.55]))  # observes
+        >>> q.freeze(); q.mode, round(float(q.scale), 4), int(q.zero_point)
+        ('quant', 0.01, 0)
     """
 
     def __init__(

@@ -18,7 +18,19 @@ from slimkit.quant.prepare import Plan
 
 
 def set_float(gm: fx.GraphModule, layers: list[str], on: bool = True) -> None:
-    """Keep ``layers`` float (weights and the input quantizer they alone use), or quantize again."""
+    """Keep ``layers`` float (weights and the input quantizer they alone use), or quantize again.
+
+    Example:
+        >>> import torch
+        >>> from slimkit.quant.observers import QScheme
+        >>> from slimkit.quant.prepare import calibrate, prepare_static
+        >>> net = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)).eval()
+        >>> gm, plan = prepare_static(net, QScheme(axis=0), QScheme(symmetric=False, signed=False))
+        >>> calibrate(gm, [torch.randn(8, 4)])
+        >>> set_float(gm, ["2"])
+        >>> gm.get_submodule("2").parametrizations.weight[0].mode
+        'off'
+    """
     users: dict[str, int] = {}
     for node in gm.graph.nodes:
         if node.op == "call_module" and isinstance(gm.get_submodule(node.target), ActFakeQuant):
@@ -43,7 +55,21 @@ def _input_quant(gm: fx.GraphModule, layer: str) -> str | None:
 
 
 def sensitivity(gm: fx.GraphModule, plan: Plan, data: Dataset) -> dict[str, float]:
-    """Validation metric with only each layer quantized (higher: less sensitive)."""
+    """Validation metric with only each layer quantized (higher: less sensitive).
+
+    Example:
+        >>> from slimkit.data import load_data
+        >>> from slimkit.models import build_model
+        >>> from slimkit.quant.observers import QScheme
+        >>> from slimkit.quant.prepare import calibrate, prepare_static
+        >>> data = load_data("digits")
+        >>> net = build_model("mlp", data.input_shape, 10).eval()
+        >>> gm, plan = prepare_static(net, QScheme(axis=0), QScheme(symmetric=False, signed=False))
+        >>> calibrate(gm, [data.train.x[:64]])
+        >>> scores = sensitivity(gm, plan, data)
+        >>> sorted(scores) == sorted(plan.layers) and all(0 <= s <= 1 for s in scores.values())
+        True
+    """
     layers = list(plan.layers)
     activations = [m for m in gm.modules() if isinstance(m, ActFakeQuant)]
     modes = {id(q): q.mode for q in activations}

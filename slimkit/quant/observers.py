@@ -138,7 +138,14 @@ def _reduce_dims(x: torch.Tensor, axis: int | None) -> tuple[int, ...]:
 
 
 class Observer:
-    """Base class: tracks a tensor's min and max; subclasses refine :meth:`range`."""
+    """Base class: tracks a tensor's min and max; subclasses refine :meth:`range`.
+
+    Example:
+        >>> obs = Observer(QScheme())
+        >>> obs.observe(torch.tensor([-1.0, 3.0]))
+        >>> [float(v) for v in obs.range()]
+        [-1.0, 3.0]
+    """
 
     def __init__(self, scheme: QScheme) -> None:
         self.scheme = scheme
@@ -184,11 +191,26 @@ class Observer:
 
 
 class MinMaxObserver(Observer):
-    """The smallest and largest value seen (exact, but one outlier stretches the range)."""
+    """The smallest and largest value seen (exact, but one outlier stretches the range).
+
+    Example:
+        >>> obs = MinMaxObserver(QScheme(symmetric=False, signed=False))
+        >>> obs.observe(torch.tensor([0.0, 1.0])); obs.observe(torch.tensor([2.55]))
+        >>> scale, zero = obs.qparams()
+        >>> round(float(scale), 4), int(zero)
+        (0.01, 0)
+    """
 
 
 class MovingAverageObserver(Observer):
-    """Exponential moving average of each batch's min and max (Jacob et al. 2018)."""
+    """Exponential moving average of each batch's min and max (Jacob et al. 2018).
+
+    Example:
+        >>> obs = MovingAverageObserver(QScheme(), momentum=0.5)
+        >>> obs.observe(torch.tensor([0.0, 2.0])); obs.observe(torch.tensor([0.0, 4.0]))
+        >>> float(obs.range()[1])  # halfway between 2 and 4
+        3.0
+    """
 
     def __init__(self, scheme: QScheme, momentum: float = 0.01) -> None:
         super().__init__(scheme)
@@ -208,6 +230,12 @@ class HistogramObserver(Observer):
 
     When a batch extends the range, the old counts move to the new bins holding their bin centres
     (as PyTorch's and ONNX Runtime's histogram calibrators do).
+
+    Example:
+        >>> obs = HistogramObserver(QScheme(), bins=8)
+        >>> obs.observe(torch.tensor([0.0, 1.0])); obs.observe(torch.tensor([3.0]))
+        >>> int(obs.hist.sum()), [float(v) for v in obs.range()]
+        (3, [0.0, 3.0])
     """
 
     def __init__(self, scheme: QScheme, bins: int = HIST_BINS) -> None:
@@ -246,7 +274,14 @@ class HistogramObserver(Observer):
 
 
 class PercentileObserver(HistogramObserver):
-    """Clip to the ``percentile``-th percentile of the values at both ends (Wu et al. 2020)."""
+    """Clip to the ``percentile``-th percentile of the values at both ends (Wu et al. 2020).
+
+    Example:
+        >>> obs = PercentileObserver(QScheme(), percentile=99.0)
+        >>> obs.observe(torch.cat([torch.linspace(-1, 1, 999), torch.tensor([100.0])]))
+        >>> float(obs.range()[1]) < 2  # the one outlier is clipped
+        True
+    """
 
     def __init__(self, scheme: QScheme, percentile: float = 99.99) -> None:
         super().__init__(scheme)
@@ -289,6 +324,13 @@ class MSEObserver(PercentileObserver):
     Candidate ranges shrink the observed ``[min, max]`` by factors from 1 down to 0.3; each one's
     error is the sum over histogram bins (or over the weights themselves, per channel) of the
     squared difference between a value and its quantize-dequantize image, clipping included.
+
+    Example:
+        >>> _ = torch.manual_seed(0)
+        >>> obs = MSEObserver(QScheme(bits=4))
+        >>> obs.observe(torch.cat([torch.randn(10_000), torch.tensor([20.0])]))
+        >>> float(obs.range()[1]) < 20  # clipping the rare outlier costs less than coarse steps
+        True
     """
 
     GRID = torch.linspace(1.0, 0.3, 71)
@@ -325,6 +367,13 @@ class EntropyObserver(HistogramObserver):
     distribution P is the histogram up to ``t`` with the clipped tail added to its last bin, and Q
     is P merged into as many bins as the grid has levels and spread back. The range is then
     ``[-t, t]``, intersected with the observed ``[min, max]``.
+
+    Example:
+        >>> _ = torch.manual_seed(0)
+        >>> obs = EntropyObserver(QScheme())
+        >>> obs.observe(torch.cat([torch.randn(10_000), torch.tensor([50.0])]))
+        >>> float(obs.range()[1]) < 50
+        True
     """
 
     def range(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -64,7 +64,16 @@ def export_qdq(model: nn.Module, path: str | Path, input_shape: Sequence[int]) -
 
 def strip_debug_info(model: Any) -> None:
     """Drop the exporter's per-node debugging metadata (stack traces, scopes): on a small int8
-    model it outweighs the weights. Shape hints stay: ONNX Runtime's fusions use them."""
+    model it outweighs the weights. Shape hints stay: ONNX Runtime's fusions use them.
+
+    Example:
+        >>> from onnx import helper
+        >>> node = helper.make_node("Relu", ["x"], ["y"])
+        >>> helper.set_metadata_props(node, {"pkg.torch.onnx.stack_trace": "..."})
+        >>> model = helper.make_model(helper.make_graph([node], "g", [], []))
+        >>> strip_debug_info(model); len(model.graph.node[0].metadata_props)
+        0
+    """
     for node in model.graph.node:
         del node.metadata_props[:]
         node.doc_string = ""
@@ -75,6 +84,18 @@ def fold_weight_quantizers(model: Any) -> int:
 
     Returns how many were folded. The integer values are computed as ONNX defines
     QuantizeLinear: ``saturate(round_half_even(x / scale) + zero_point)``.
+
+    Example:
+        >>> import numpy as np
+        >>> from onnx import helper, numpy_helper
+        >>> w, s, z = (numpy_helper.from_array(a, n) for a, n in
+        ...            ((np.array([0.5, -1.0], np.float32), "w"), (np.array(0.01, np.float32), "s"),
+        ...             (np.array(0, np.int8), "z")))
+        >>> node = helper.make_node("QuantizeLinear", ["w", "s", "z"], ["wq"])
+        >>> model = helper.make_model(helper.make_graph([node], "g", [], [], [w, s, z]))
+        >>> folded = fold_weight_quantizers(model)
+        >>> folded, numpy_helper.to_array(model.graph.initializer[-1]).tolist()
+        (1, [50, -100])
     """
     from onnx import numpy_helper
 
@@ -146,6 +167,15 @@ def integer_report(path: str | Path, warn: bool = True) -> dict[str, Any]:
     """Which compute ops ONNX Runtime runs on integer kernels and which stay float.
 
     Warns, listing them, when some Conv/Gemm/MatMul ops are left in float.
+
+    Example:
+        >>> import tempfile
+        >>> from slimkit.quant import export_int8, quantize
+        >>> net = nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).eval()
+        >>> q = quantize(net, mode="static", data=torch.randn(32, 1, 8, 8))
+        >>> f = export_int8(q, tempfile.mkdtemp() + "/q.onnx", (1, 8, 8))
+        >>> integer_report(f)["float_ops"]
+        {}
     """
     ops = runtime_ops(path)
     integer = {op: n for op, n in ops.items() if op in INTEGER_OPS}
@@ -171,6 +201,16 @@ def check_parity(
 
     Raises :class:`SlimkitError` when top-1 agreement is below ``min_top1``: a QDQ file that
     computes something else than the model it claims to be must not be shipped.
+
+    Example:
+        >>> import tempfile
+        >>> from slimkit.quant import export_int8, quantize
+        >>> net = nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).eval()
+        >>> x = torch.randn(32, 1, 8, 8)
+        >>> q = quantize(net, mode="static", data=x)
+        >>> f = export_int8(q, tempfile.mkdtemp() + "/q.onnx", (1, 8, 8))
+        >>> check_parity(q, f, x)["top1_agreement"] >= 0.99
+        True
     """
     parity = onnx_parity(model, path, x)
     if parity["top1_agreement"] < min_top1:

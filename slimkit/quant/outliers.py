@@ -75,7 +75,21 @@ def find_outlier_neurons(
 class OutlierFFNOutput(nn.Module):
     """A BERT layer's FFN output (``LayerNorm(dense(h) + x)``) with some hidden neurons moved
     to a float branch: ``LayerNorm(dense(h) + outlier_out(act(outlier_in(x))) + x)``, where
-    ``h`` now omits those neurons. Built by :func:`split_outlier_neurons`."""
+    ``h`` now omits those neurons. Built by :func:`split_outlier_neurons`.
+
+    Example:
+        >>> from types import SimpleNamespace as NS
+        >>> _ = torch.manual_seed(0)
+        >>> out = NS(dense=nn.Linear(8, 4), LayerNorm=nn.LayerNorm(4), dropout=nn.Identity())
+        >>> layer = NS(intermediate=NS(dense=nn.Linear(4, 8), intermediate_act_fn=nn.GELU()),
+        ...            output=out)
+        >>> x, gelu = torch.randn(3, 4), nn.functional.gelu
+        >>> before = out.LayerNorm(out.dense(gelu(layer.intermediate.dense(x))) + x)
+        >>> split = OutlierFFNOutput(layer, [5])  # neuron 5 leaves the first Linear too
+        >>> h = gelu(layer.intermediate.dense(x))
+        >>> h.shape[1], torch.allclose(split(h, x), before, atol=1e-5)
+        (7, True)
+    """
 
     def __init__(self, layer: nn.Module, neurons: list[int]) -> None:
         super().__init__()

