@@ -12,7 +12,14 @@ from slimkit.errors import SlimkitError
 
 
 def check_output(path: str | Path, force: bool = False) -> Path:
-    """Refuse to overwrite an existing output unless ``force`` is set."""
+    """Refuse to overwrite an existing output unless ``force`` is set.
+
+    Example:
+        >>> import tempfile
+        >>> folder = tempfile.mkdtemp()  # exists already
+        >>> check_output(Path(folder) / "new.json").name, check_output(folder, force=True).is_dir()
+        ('new.json', True)
+    """
     path = Path(path)
     if path.exists() and not force:
         raise SlimkitError(f"{path} already exists; pass --force to overwrite it")

@@ -35,7 +35,12 @@ def matches(name: str, pattern: str) -> bool:
 
 
 def check_pattern(pattern: str) -> str:
-    """Return ``pattern`` if it is valid; a bad regex is an error that quotes it."""
+    """Return ``pattern`` if it is valid; a bad regex is an error that quotes it.
+
+    Example:
+        >>> check_pattern("re:features[.][0-9]+")
+        're:features[.][0-9]+'
+    """
     if pattern.startswith("re:"):
         try:
             re.compile(pattern[3:])

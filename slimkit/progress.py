@@ -14,12 +14,24 @@ _QUIET = {"value": False}
 
 
 def set_quiet(quiet: bool) -> None:
-    """Silence every progress bar of this process (the CLI's ``--quiet``)."""
+    """Silence every progress bar of this process (the CLI's ``--quiet``).
+
+    Example:
+        >>> set_quiet(True)
+        >>> enabled()
+        False
+        >>> set_quiet(False)
+    """
     _QUIET["value"] = quiet
 
 
 def enabled(quiet: bool | None = None) -> bool:
-    """Bars show only when stdout is a terminal and nobody asked for quiet."""
+    """Bars show only when stdout is a terminal and nobody asked for quiet.
+
+    Example:
+        >>> enabled(quiet=True)
+        False
+    """
     if quiet if quiet is not None else _QUIET["value"]:
         return False
     return sys.stdout.isatty() and os.environ.get("CI") is None
@@ -41,7 +53,13 @@ def track(
 
 
 class StatusBar:
-    """A bar whose trailing text the caller updates (e.g. the loss of the current epoch)."""
+    """A bar whose trailing text the caller updates (e.g. the loss of the current epoch).
+
+    Example:
+        >>> with StatusBar("training", total=2, quiet=True) as bar:
+        ...     for epoch in range(2):
+        ...         bar.advance(f"epoch {epoch + 1}")
+    """
 
     def __init__(self, description: str, total: int, quiet: bool | None = None) -> None:
         self._bar = None

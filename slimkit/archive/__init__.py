@@ -67,6 +67,13 @@ def load_slim(path: str | Path) -> nn.Module:
     """Rebuild the model stored in a .slim archive (eval mode).
 
     Corrupt, truncated or newer-version archives raise :class:`SlimkitError` with the reason.
+
+    Example:
+        >>> import tempfile
+        >>> from slimkit.models import build_model
+        >>> path = save_slim(build_model("mlp", (1, 8, 8), 10), tempfile.mkdtemp() + "/m.slim")
+        >>> load_slim(path).training
+        False
     """
     path = Path(path)
     header, tensors = read_container(path)
@@ -95,6 +102,14 @@ def inspect_slim(path: str | Path) -> list[dict[str, Any]]:
 
     ``bits_per_weight`` counts the value stream (codebook indices or floats) per stored entry;
     ``bits_per_index`` the relative-index stream per stored entry (sparse encodings only).
+
+    Example:
+        >>> import tempfile
+        >>> from slimkit.models import build_model
+        >>> path = save_slim(build_model("mlp", (1, 8, 8), 10), tempfile.mkdtemp() + "/m.slim")
+        >>> row = inspect_slim(path)[0]
+        >>> row["name"], row["encoding"], row["stored_entries"], row["bits_per_weight"]
+        ('1.weight', 'dense', 16384, 32.0)
     """
     _, tensors = read_container(Path(path))
     rows = []

@@ -31,7 +31,15 @@ _PREFIX = struct.Struct("<8sII")
 def write_container(
     path: Path, header: dict[str, Any], tensors: list[tuple[dict, Encoded]]
 ) -> None:
-    """Write the header (with per-tensor entries) and streams to ``path``."""
+    """Write the header (with per-tensor entries) and streams to ``path``.
+
+    Example:
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "t.slim"
+        >>> write_container(path, {}, [({"name": "w"}, Encoded("dense", [Stream("raw", b"ab")]))])
+        >>> path.read_bytes()[:7]
+        b'SLIMKIT'
+    """
     entries, payload = [], []
     for meta, encoded in tensors:
         streams = []
@@ -54,7 +62,16 @@ def write_container(
 
 
 def read_container(path: Path) -> tuple[dict[str, Any], list[tuple[dict, dict[str, Stream]]]]:
-    """Read and verify a container: the header and each tensor's streams by role."""
+    """Read and verify a container: the header and each tensor's streams by role.
+
+    Example:
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "t.slim"
+        >>> write_container(path, {}, [({"name": "w"}, Encoded("dense", [Stream("raw", b"ab")]))])
+        >>> header, tensors = read_container(path)
+        >>> header["tensors"][0]["encoding"], tensors[0][1]["raw"].data
+        ('dense', b'ab')
+    """
     try:
         blob = path.read_bytes()
     except OSError as exc:

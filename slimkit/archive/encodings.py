@@ -24,7 +24,12 @@ INDEX_BITS = range(2, 9)
 
 @dataclass
 class Stream:
-    """One byte stream of an encoded tensor, with what is needed to decode it."""
+    """One byte stream of an encoded tensor, with what is needed to decode it.
+
+    Example:
+        >>> Stream("index", b"ab", codec="packed", bits=4, count=4).meta()
+        {'role': 'index', 'codec': 'packed', 'bits': 4, 'count': 4}
+    """
 
     role: str  # "raw", "codebook", "index" (relative positions), "values" (codebook indices)
     data: bytes
@@ -38,7 +43,12 @@ class Stream:
 
 @dataclass
 class Encoded:
-    """A tensor's encoding: its name, settings and streams."""
+    """A tensor's encoding: its name, settings and streams.
+
+    Example:
+        >>> Encoded("dense", [Stream("raw", bytes(16))]).nbytes
+        16
+    """
 
     encoding: str
     streams: list[Stream]
@@ -80,7 +90,15 @@ def decode(
     shape: list[int],
     dtype: str,
 ) -> np.ndarray:
-    """Inverse of :func:`encode`."""
+    """Inverse of :func:`encode`.
+
+    Example:
+        >>> w = np.zeros(1000, dtype=np.float32); w[::50] = 0.5
+        >>> e = encode(w)
+        >>> out = decode(e.encoding, e.settings, {s.role: s for s in e.streams}, [1000], "<f4")
+        >>> e.encoding, np.array_equal(out, w)
+        ('sparse+codebook', True)
+    """
     size = math.prod(shape)
     if encoding == "dense":
         out = np.frombuffer(streams["raw"].data, dtype=np.dtype(dtype)).copy()

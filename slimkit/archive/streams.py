@@ -31,7 +31,12 @@ def pack_bits(symbols: np.ndarray, bits: int) -> bytes:
 
 
 def unpack_bits(data: bytes, bits: int, count: int) -> np.ndarray:
-    """Inverse of :func:`pack_bits`."""
+    """Inverse of :func:`pack_bits`.
+
+    Example:
+        >>> unpack_bits(bytes.fromhex("6c"), 2, 3).tolist()
+        [1, 2, 3]
+    """
     flat = np.unpackbits(np.frombuffer(data, dtype=np.uint8))[: count * bits]
     if flat.size != count * bits:
         raise SlimkitError("archive stream is shorter than its header says (truncated?)")
@@ -42,13 +47,23 @@ def unpack_bits(data: bytes, bits: int, count: int) -> np.ndarray:
 
 
 def huffman_encode(symbols: np.ndarray) -> bytes:
-    """Huffman-code byte symbols (zlib deflate, Huffman-only strategy)."""
+    """Huffman-code byte symbols (zlib deflate, Huffman-only strategy).
+
+    Example:
+        >>> len(huffman_encode(np.zeros(1000, dtype=np.uint8))) < 1000
+        True
+    """
     coder = zlib.compressobj(9, zlib.DEFLATED, -15, 9, zlib.Z_HUFFMAN_ONLY)
     return coder.compress(symbols.astype(np.uint8).tobytes()) + coder.flush()
 
 
 def huffman_decode(data: bytes, count: int) -> np.ndarray:
-    """Inverse of :func:`huffman_encode`."""
+    """Inverse of :func:`huffman_encode`.
+
+    Example:
+        >>> huffman_decode(huffman_encode(np.array([3, 1, 3])), 3).tolist()
+        [3, 1, 3]
+    """
     try:
         raw = zlib.decompress(data, -15)
     except zlib.error as exc:
@@ -72,7 +87,13 @@ def encode_symbols(symbols: np.ndarray, bits: int) -> tuple[str, bytes]:
 
 
 def decode_symbols(codec: str, data: bytes, bits: int, count: int) -> np.ndarray:
-    """Inverse of :func:`encode_symbols`."""
+    """Inverse of :func:`encode_symbols`.
+
+    Example:
+        >>> codec, data = encode_symbols(np.array([1, 2, 3]), 2)
+        >>> codec, decode_symbols(codec, data, 2, 3).tolist()
+        ('packed', [1, 2, 3])
+    """
     if codec == HUFFMAN:
         return huffman_decode(data, count)
     if codec == PACKED:

@@ -74,7 +74,13 @@ def cluster(model: nn.Module, config: ClusterConfig | None = None) -> nn.Module:
 
 
 def finalize(model: nn.Module) -> nn.Module:
-    """Replace every shared-weight parametrization by the plain weight it produces."""
+    """Replace every shared-weight parametrization by the plain weight it produces.
+
+    Example:
+        >>> model = finalize(cluster(nn.Sequential(nn.Linear(16, 4)), ClusterConfig(bits=2)))
+        >>> parametrize.is_parametrized(model[0]), len(torch.unique(model[0].weight))
+        (False, 4)
+    """
     for module in model.modules():
         if parametrize.is_parametrized(module, "weight") and any(
             isinstance(p, SharedWeight) for p in module.parametrizations.weight
@@ -85,7 +91,12 @@ def finalize(model: nn.Module) -> nn.Module:
 
 
 def shared_values(model: nn.Module) -> dict[str, int]:
-    """Number of distinct non-zero values per Conv/Linear weight (a check of clustering)."""
+    """Number of distinct non-zero values per Conv/Linear weight (a check of clustering).
+
+    Example:
+        >>> shared_values(cluster(nn.Sequential(nn.Linear(16, 4)), ClusterConfig(bits=2)))
+        {'0': 4}
+    """
     return {
         name: int(torch.unique(m.weight[m.weight != 0]).numel())
         for name, m in select_layers(model).items()

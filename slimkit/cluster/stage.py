@@ -10,7 +10,12 @@ from slimkit.train import TrainConfig, fit
 
 
 class ClusterStageConfig(ClusterConfig):
-    """Weight-sharing settings plus optional fine-tuning of the shared values."""
+    """Weight-sharing settings plus optional fine-tuning of the shared values.
+
+    Example:
+        >>> ClusterStageConfig(bits=4, finetune={"epochs": 1}).finetune.epochs
+        1
+    """
 
     finetune: TrainConfig | None = None
 

@@ -19,7 +19,13 @@ from slimkit.registry import Registry
 
 @dataclass
 class Split:
-    """One split: inputs ``x`` (a float tensor, or a list of strings for text) and labels ``y``."""
+    """One split: inputs ``x`` (a float tensor, or a list of strings for text) and labels ``y``.
+
+    Example:
+        >>> split = Split(torch.zeros(5, 3), torch.tensor([0, 1, 0, 1, 1]))
+        >>> len(split), len(split.loader(batch_size=2))
+        (5, 3)
+    """
 
     x: torch.Tensor | list[str]
     y: torch.Tensor
@@ -77,6 +83,12 @@ class RawData:
     """What a loader returns before splitting and normalisation.
 
     ``test`` is None when the source has no official test split; one is then carved out.
+
+    Example:
+        >>> raw = RawData(train=(np.zeros((4, 2)), np.array([0, 1, 0, 1])), test=None,
+        ...               num_classes=2)
+        >>> raw.train[0].shape, raw.class_names, raw.normalize
+        ((4, 2), None, True)
     """
 
     train: tuple[np.ndarray | list[str], np.ndarray]

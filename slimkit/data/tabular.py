@@ -13,7 +13,15 @@ from slimkit.errors import SlimkitError
 
 def labelled_columns(path: Path, label: str) -> tuple[list[str], dict[str, tuple[str, ...]]]:
     """(feature column names, every column's cells as text) of a CSV file with a header,
-    checked to have the ``label`` column and at least one feature besides it."""
+    checked to have the ``label`` column and at least one feature besides it.
+
+    Example:
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "t.csv"
+        >>> _ = path.write_text("a,b,label\\n1,2,x\\n3,4,y\\n")
+        >>> labelled_columns(path, "label")
+        (['a', 'b'], {'a': ('1', '3'), 'b': ('2', '4'), 'label': ('x', 'y')})
+    """
     header, rows = _read_rows(path)
     if label not in header:
         raise SlimkitError(
@@ -51,7 +59,15 @@ def csv_table(data_dir: Path | None, label: str = "label") -> RawData:
 
 
 def csv_path(data_dir: Path | None) -> Path:
-    """The CSV file named by ``data_dir``: the file itself, or the only ``.csv`` in a folder."""
+    """The CSV file named by ``data_dir``: the file itself, or the only ``.csv`` in a folder.
+
+    Example:
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> _ = (folder / "iris.csv").write_text("a,label\\n1,x\\n")
+        >>> csv_path(folder).name
+        'iris.csv'
+    """
     if data_dir is None:
         raise SlimkitError("the csv data set needs --data-dir: the path of a .csv file")
     if data_dir.is_file():
@@ -112,7 +128,13 @@ def _numeric(path: Path, name: str, cells: tuple[str, ...]) -> np.ndarray:
 
 
 def class_indices(path: Path, label: str, cells: tuple[str, ...]) -> tuple[np.ndarray, list[str]]:
-    """Class index per row and the sorted class names."""
+    """Class index per row and the sorted class names.
+
+    Example:
+        >>> y, names = class_indices(Path("t.csv"), "label", ("10", "9", "10"))
+        >>> y.tolist(), names
+        ([1, 0, 1], ['9', '10'])
+    """
     labels = [cell.strip() for cell in cells]
     if "" in labels:
         row = labels.index("") + 1

@@ -31,7 +31,13 @@ from slimkit.train import TrainResult, fit, seed_everything
 @dataclass
 class DistillResult(TrainResult):
     """:class:`~slimkit.train.TrainResult` of the distillation, plus the per-epoch history of
-    FitNets' hint-only first stage (empty without ``hint_epochs``)."""
+    FitNets' hint-only first stage (empty without ``hint_epochs``).
+
+    Example:
+        >>> result = DistillResult(epochs_run=2)
+        >>> result.hint_history, isinstance(result, TrainResult)
+        ([], True)
+    """
 
     hint_history: list[dict[str, float]] = field(default_factory=list)
 

@@ -38,7 +38,15 @@ class HintSpec(BaseModel):
 
 
 class FeatureTap:
-    """A forward hook that keeps the latest output of one module (first tensor of a tuple)."""
+    """A forward hook that keeps the latest output of one module (first tensor of a tuple).
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(4, 3), nn.ReLU())
+        >>> tap = FeatureTap(net, "0", "student")
+        >>> _ = net(torch.zeros(2, 4))
+        >>> tap.take().shape
+        torch.Size([2, 3])
+    """
 
     def __init__(self, model: nn.Module, path: str, role: str) -> None:
         self.output: torch.Tensor | None = None

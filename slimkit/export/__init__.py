@@ -41,7 +41,12 @@ def export(
 
 
 class ExportConfig(BaseModel):
-    """Which format to write, and how closely ONNX Runtime must agree with PyTorch."""
+    """Which format to write, and how closely ONNX Runtime must agree with PyTorch.
+
+    Example:
+        >>> ExportConfig(format="slim").min_top1_agreement
+        0.99
+    """
 
     model_config = ConfigDict(extra="forbid")
 

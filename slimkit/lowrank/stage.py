@@ -10,7 +10,12 @@ from slimkit.train import TrainConfig, fit
 
 
 class FactorizeStageConfig(FactorizeConfig):
-    """Factorization settings plus optional fine-tuning."""
+    """Factorization settings plus optional fine-tuning.
+
+    Example:
+        >>> FactorizeStageConfig(rank=8, finetune={"epochs": 2}).finetune.epochs
+        2
+    """
 
     finetune: TrainConfig | None = None
 

@@ -131,6 +131,11 @@ def factorize(model: nn.Module, config: FactorizeConfig) -> dict[str, dict[str, 
 
 
 def rank_error(matrix: torch.Tensor, rank: int) -> float:
-    """Relative Frobenius error of the best rank-``rank`` approximation (sqrt of dropped energy)."""
+    """Relative Frobenius error of the best rank-``rank`` approximation (sqrt of dropped energy).
+
+    Example:
+        >>> round(rank_error(torch.diag(torch.tensor([3.0, 4.0])), 1), 3)
+        0.6
+    """
     s = torch.linalg.svdvals(matrix)
     return math.sqrt(float((s[rank:] ** 2).sum() / (s**2).sum()))

@@ -21,6 +21,14 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
 
     Restoring per submodule (not just ``model.train(was_training)``) keeps mixed states intact,
     e.g. a frozen BatchNorm inside a model that is otherwise training.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(2, 2), nn.Dropout())
+        >>> with eval_mode(net):
+        ...     print(net[1].training)
+        False
+        >>> net[1].training
+        True
     """
     modes = [(module, module.training) for module in model.modules()]
     model.eval()
@@ -33,7 +41,13 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
 
 @contextlib.contextmanager
 def torch_threads(threads: int) -> Iterator[None]:
-    """Run the block with ``torch.set_num_threads(threads)``, then restore the previous count."""
+    """Run the block with ``torch.set_num_threads(threads)``, then restore the previous count.
+
+    Example:
+        >>> with torch_threads(1):
+        ...     print(torch.get_num_threads())
+        1
+    """
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -44,7 +58,14 @@ def torch_threads(threads: int) -> Iterator[None]:
 
 @contextlib.contextmanager
 def quiet() -> Iterator[None]:
-    """Silence prints, warnings and ``torch.onnx`` log lines (the exporter is chatty)."""
+    """Silence prints, warnings and ``torch.onnx`` log lines (the exporter is chatty).
+
+    Example:
+        >>> with quiet():
+        ...     print("never shown")
+        >>> print("shown")
+        shown
+    """
     logger = logging.getLogger("torch.onnx")
     level = logger.level
     logger.setLevel(logging.ERROR)
@@ -62,20 +83,37 @@ def quiet() -> Iterator[None]:
 
 
 def model_device(model: nn.Module) -> torch.device:
-    """The device of the model's first parameter (CPU for a model without parameters)."""
+    """The device of the model's first parameter (CPU for a model without parameters).
+
+    Example:
+        >>> model_device(nn.Linear(2, 2)), model_device(nn.ReLU())
+        (device(type='cpu'), device(type='cpu'))
+    """
     parameter = next(model.parameters(), None)
     return parameter.device if parameter is not None else torch.device("cpu")
 
 
 def first_line(exc: BaseException) -> str:
-    """The first non-empty line of an exception's message (torch errors run to many lines)."""
+    """The first non-empty line of an exception's message (torch errors run to many lines).
+
+    Example:
+        >>> first_line(RuntimeError("\\n  shape mismatch\\nsee the trace below"))
+        'shape mismatch'
+    """
     text = _ANSI.sub("", str(exc))
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return lines[0] if lines else type(exc).__name__
 
 
 def root_cause(exc: BaseException) -> str:
-    """``Type: first line`` of the innermost cause: the exporter wraps the real reason in advice."""
+    """``Type: first line`` of the innermost cause: the exporter wraps the real reason in advice.
+
+    Example:
+        >>> exc = RuntimeError("export failed; try another opset")
+        >>> exc.__cause__ = TypeError("unsupported dtype\\nmore detail")
+        >>> root_cause(exc)
+        'TypeError: unsupported dtype'
+    """
     while exc.__cause__ is not None:
         exc = exc.__cause__
     return f"{type(exc).__name__}: {first_line(exc)}"
@@ -85,6 +123,11 @@ def random_input(batch: int, input_shape: Sequence[int], device: torch.device) -
     """A seeded standard-normal batch, drawn without touching the global RNG.
 
     A measurement must not change what a later seeded training run draws.
+
+    Example:
+        >>> x = random_input(2, (1, 8, 8), torch.device("cpu"))
+        >>> x.shape, torch.equal(x, random_input(2, (1, 8, 8), torch.device("cpu")))
+        (torch.Size([2, 1, 8, 8]), True)
     """
     generator = torch.Generator().manual_seed(0)
     return torch.randn(batch, *input_shape, generator=generator).to(device)

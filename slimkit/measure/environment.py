@@ -18,7 +18,12 @@ def _version(module: str) -> str | None:
 
 
 def cpu_name() -> str:
-    """The CPU's model name (``/proc/cpuinfo`` on Linux, where ``platform`` says only the arch)."""
+    """The CPU's model name (``/proc/cpuinfo`` on Linux, where ``platform`` says only the arch).
+
+    Example:
+        >>> isinstance(cpu_name(), str)
+        True
+    """
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
         for line in cpuinfo.read_text(errors="replace").splitlines():

@@ -27,6 +27,11 @@ def median_ms(
 
     Stops after ``repeats`` calls, or earlier once ``budget_s`` seconds are spent and at least
     ``MIN_REPEATS`` (or ``repeats``, if fewer) calls are timed.
+
+    Example:
+        >>> ms = median_ms(lambda: sum(range(1000)), warmup=1, repeats=5)
+        >>> 0.0 <= ms < 1000.0
+        True
     """
     if repeats < 1 or warmup < 0:
         raise SlimkitError(f"need repeats >= 1 and warmup >= 0, got {repeats} and {warmup}")

@@ -33,7 +33,14 @@ PARITY_ROWS = 256  # enough rows to catch a broken export, few enough to stay fa
 
 @dataclass
 class Measurement:
-    """The MEASUREMENT block of report.json (see DESIGN.md); None where a field does not apply."""
+    """The MEASUREMENT block of report.json (see DESIGN.md); None where a field does not apply.
+
+    Example:
+        >>> m = Measurement(metric=0.9, error=0.1, params=10, nonzero_params=8, macs=None,
+        ...                 size_bytes=None, artifact=None, latency_ms={}, parity=None)
+        >>> m.to_dict()["nonzero_params"]
+        8
+    """
 
     metric: float
     error: float

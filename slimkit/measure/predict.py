@@ -26,7 +26,12 @@ def _shape_errors() -> tuple[type[BaseException], ...]:
 
 
 def forward_checked(model: nn.Module, x: Any, shape: Sequence[int]) -> torch.Tensor:
-    """``model(x)``, turning a shape mismatch into a :class:`SlimkitError` naming ``shape``."""
+    """``model(x)``, turning a shape mismatch into a :class:`SlimkitError` naming ``shape``.
+
+    Example:
+        >>> forward_checked(nn.Linear(4, 2), torch.zeros(3, 4), (4,)).shape
+        torch.Size([3, 2])
+    """
     try:
         return model(x)
     except _shape_errors() as exc:
@@ -66,7 +71,12 @@ def predict(model: nn.Module, x: torch.Tensor | list[str], batch_size: int = 256
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """Share of rows whose arg-max equals the label."""
+    """Share of rows whose arg-max equals the label.
+
+    Example:
+        >>> accuracy(torch.tensor([[0.9, 0.1], [0.2, 0.8]]), torch.tensor([0, 0]))
+        0.5
+    """
     return float((logits.argmax(dim=1) == labels.cpu()).float().mean())
 
 

@@ -55,7 +55,16 @@ def save_checkpoint(
 
 
 def read_checkpoint(path: str | Path) -> tuple[ModelSpec, dict[str, torch.Tensor], dict]:
-    """Read a checkpoint's spec, tensors and extra metadata without building the model."""
+    """Read a checkpoint's spec, tensors and extra metadata without building the model.
+
+    Example:
+        >>> import tempfile
+        >>> from slimkit.models import build_model
+        >>> path = save_checkpoint(build_model("mlp", (1, 8, 8), 10), tempfile.mkdtemp() + "/m.st")
+        >>> spec, tensors, extra = read_checkpoint(path)
+        >>> spec.name, len(tensors), extra
+        ('mlp', 6, {})
+    """
     path = Path(path)
     try:
         tensors = load_file(str(path))
@@ -84,7 +93,15 @@ def read_checkpoint(path: str | Path) -> tuple[ModelSpec, dict[str, torch.Tensor
 
 
 def load_checkpoint(path: str | Path, *, allow_import: bool = False) -> nn.Module:
-    """Rebuild the model saved by :func:`save_checkpoint`, in eval mode."""
+    """Rebuild the model saved by :func:`save_checkpoint`, in eval mode.
+
+    Example:
+        >>> import tempfile
+        >>> from slimkit.models import build_model
+        >>> path = tempfile.mkdtemp() + "/mlp.safetensors"
+        >>> load_checkpoint(save_checkpoint(build_model("mlp", (1, 8, 8), 10), path)).training
+        False
+    """
     spec, tensors, _ = read_checkpoint(path)
     model = model_from_spec(spec, allow_import=allow_import)
     try:
@@ -96,7 +113,15 @@ def load_checkpoint(path: str | Path, *, allow_import: bool = False) -> nn.Modul
 
 
 def sniff(path: Path) -> str:
-    """Tell a file's kind from its bytes: safetensors, slim, torchscript, pickle, onnx, unknown."""
+    """Tell a file's kind from its bytes: safetensors, slim, torchscript, pickle, onnx, unknown.
+
+    Example:
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "weights.pt"
+        >>> torch.save({"w": torch.zeros(2)}, path)
+        >>> sniff(path)
+        'pickle'
+    """
     with path.open("rb") as handle:
         head = handle.read(16)
     header_len = int.from_bytes(head[:8], "little") if len(head) >= 9 else 0

@@ -41,7 +41,12 @@ LAYER_TYPES = {cls.__name__: cls for cls in LAYER_ARGS}
 
 
 class ModelSpec(BaseModel):
-    """What is needed to rebuild a model: factory, its arguments and the layers' shapes."""
+    """What is needed to rebuild a model: factory, its arguments and the layers' shapes.
+
+    Example:
+        >>> ModelSpec(name="mlp", input_shape=[1, 8, 8], num_classes=10).model_dump()
+        {'name': 'mlp', 'input_shape': [1, 8, 8], 'num_classes': 10, 'kwargs': {}, 'layers': {}}
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -86,7 +91,13 @@ def build_model(
 
 
 def spec_of(model: nn.Module) -> ModelSpec:
-    """The spec of ``model``, with the current shape of each of its layers."""
+    """The spec of ``model``, with the current shape of each of its layers.
+
+    Example:
+        >>> spec = spec_of(build_model("mlp", (1, 8, 8), 10, hidden=(32,)))
+        >>> spec.kwargs, spec.layers["3"]
+        ({'hidden': (32,)}, {'type': 'Linear', 'in_features': 32, 'out_features': 10, 'bias': True})
+    """
     spec = getattr(model, SPEC_ATTR, None)
     if spec is None:
         raise SlimkitError(
@@ -102,7 +113,12 @@ def spec_of(model: nn.Module) -> ModelSpec:
 
 
 def model_from_spec(spec: ModelSpec, *, allow_import: bool = False) -> nn.Module:
-    """Rebuild the architecture described by ``spec`` (weights uninitialised-as-built)."""
+    """Rebuild the architecture described by ``spec`` (weights uninitialised-as-built).
+
+    Example:
+        >>> model_from_spec(ModelSpec(name="lenet300", input_shape=[1, 28, 28], num_classes=10))[1]
+        Linear(in_features=784, out_features=300, bias=True)
+    """
     model = build_model(
         spec.name, spec.input_shape, spec.num_classes, allow_import=allow_import, **spec.kwargs
     )
@@ -125,7 +141,12 @@ def model_from_spec(spec: ModelSpec, *, allow_import: bool = False) -> nn.Module
 
 
 def layer_config(module: nn.Module) -> dict[str, Any]:
-    """The constructor arguments of a supported layer, JSON-ready."""
+    """The constructor arguments of a supported layer, JSON-ready.
+
+    Example:
+        >>> layer_config(nn.Linear(4, 2))
+        {'type': 'Linear', 'in_features': 4, 'out_features': 2, 'bias': True}
+    """
     config: dict[str, Any] = {"type": type(module).__name__}
     for arg in LAYER_ARGS[type(module)]:
         value = getattr(module, arg)
@@ -136,7 +157,12 @@ def layer_config(module: nn.Module) -> dict[str, Any]:
 
 
 def make_layer(config: dict[str, Any]) -> nn.Module:
-    """Construct a layer from :func:`layer_config` output."""
+    """Construct a layer from :func:`layer_config` output.
+
+    Example:
+        >>> make_layer({"type": "Linear", "in_features": 4, "out_features": 2, "bias": False})
+        Linear(in_features=4, out_features=2, bias=False)
+    """
     args = dict(config)
     cls = LAYER_TYPES.get(args.pop("type", None))
     if cls is None or set(args) - set(LAYER_ARGS[cls]):

@@ -66,6 +66,10 @@ class LeNet5(nn.Module):
 
     conv 20@5x5 -> max-pool 2 -> conv 50@5x5 -> max-pool 2 -> fc 500 -> ReLU -> fc 10.
     As in Caffe's prototxt there is no non-linearity after the convolutions.
+
+    Example:
+        >>> LeNet5((1, 28, 28), 10)(torch.zeros(2, 1, 28, 28)).shape
+        torch.Size([2, 10])
     """
 
     def __init__(
@@ -114,7 +118,12 @@ def lenet5(
 
 
 class SmallCNN(nn.Module):
-    """Two conv-BN-ReLU-pool blocks and a two-layer classifier; fits 8x8 digits and up."""
+    """Two conv-BN-ReLU-pool blocks and a two-layer classifier; fits 8x8 digits and up.
+
+    Example:
+        >>> SmallCNN((1, 8, 8), 10, channels=(4, 8))(torch.zeros(2, 1, 8, 8)).shape
+        torch.Size([2, 10])
+    """
 
     def __init__(
         self,
@@ -169,7 +178,12 @@ def cnn_small(
 
 
 class BasicBlock(nn.Module):
-    """Two 3x3 conv-BN layers with an identity or 1x1-conv projection shortcut."""
+    """Two 3x3 conv-BN layers with an identity or 1x1-conv projection shortcut.
+
+    Example:
+        >>> BasicBlock(16, 32, 32, stride=2)(torch.zeros(1, 16, 8, 8)).shape
+        torch.Size([1, 32, 4, 4])
+    """
 
     def __init__(self, in_channels: int, mid_channels: int, out_channels: int, stride: int) -> None:
         super().__init__()
@@ -192,7 +206,12 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-    """CIFAR-style ResNet (He et al. 2016, section 4.2): 6n+2 layers in three stages."""
+    """CIFAR-style ResNet (He et al. 2016, section 4.2): 6n+2 layers in three stages.
+
+    Example:
+        >>> sum(p.numel() for p in ResNet((3, 32, 32), 10, blocks_per_stage=3).parameters())
+        272474
+    """
 
     def __init__(
         self,

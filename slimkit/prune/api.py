@@ -29,7 +29,12 @@ from slimkit.train.loop import LossFn, cross_entropy
 @dataclass
 class PruneResult:
     """What :func:`prune` did: the model (a new object for structured pruning), per-layer
-    weights and non-zeros, the layers or groups left whole and why, and retraining history."""
+    weights and non-zeros, the layers or groups left whole and why, and retraining history.
+
+    Example:
+        >>> PruneResult(nn.Linear(4, 2), sparsity=0.5).summary()
+        {'sparsity': 0.5, 'layers': {}, 'skipped': {}, 'retrain_epochs': 0}
+    """
 
     model: nn.Module
     sparsity: float = 0.0

@@ -104,7 +104,14 @@ def threshold_masks(layers: Mapping[str, nn.Module], threshold: float) -> dict[s
 
 
 def apply_masks(layers: Mapping[str, nn.Module], masks: Mapping[str, torch.Tensor]) -> None:
-    """Install (or update) each layer's mask parametrization."""
+    """Install (or update) each layer's mask parametrization.
+
+    Example:
+        >>> layer = nn.Linear(2, 1)
+        >>> apply_masks({"fc": layer}, {"fc": torch.tensor([[0.0, 1.0]])})
+        >>> (layer.weight == 0).tolist()
+        [[True, False]]
+    """
     for name, module in layers.items():
         set_mask(module, masks[name])
 

@@ -14,7 +14,12 @@ from torch.nn.utils import parametrize
 
 
 class WeightMask(nn.Module):
-    """The parametrization ``w -> w * mask``; ``mask`` is a buffer, saved with the model."""
+    """The parametrization ``w -> w * mask``; ``mask`` is a buffer, saved with the model.
+
+    Example:
+        >>> WeightMask(torch.tensor([1.0, 0.0]))(torch.tensor([3.0, 4.0])).tolist()
+        [3.0, 0.0]
+    """
 
     def __init__(self, mask: torch.Tensor) -> None:
         super().__init__()
@@ -63,13 +68,27 @@ def set_mask(module: nn.Module, mask: torch.Tensor, name: str = "weight") -> Wei
 
 
 def effective_weight(module: nn.Module, name: str = "weight") -> torch.Tensor:
-    """The weight a layer computes with (masked weights read as zero), detached."""
+    """The weight a layer computes with (masked weights read as zero), detached.
+
+    Example:
+        >>> layer = nn.Linear(2, 1)
+        >>> _ = set_mask(layer, torch.tensor([[1.0, 0.0]]))
+        >>> (effective_weight(layer) == 0).tolist(), effective_weight(layer).requires_grad
+        ([[False, True]], False)
+    """
     with torch.no_grad():
         return getattr(module, name).detach()
 
 
 def masked_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """Layers of ``model`` that carry a :class:`WeightMask` on their weight."""
+    """Layers of ``model`` that carry a :class:`WeightMask` on their weight.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 2))
+        >>> _ = set_mask(net[2], torch.ones(2, 2))
+        >>> list(masked_layers(net))
+        ['2']
+    """
     return {name: m for name, m in model.named_modules() if mask_of(m) is not None}
 
 

@@ -69,7 +69,15 @@ def run_recipe(
 
 
 def load_recipe_inputs(recipe: Recipe) -> tuple[Dataset, nn.Module]:
-    """Load the data and build the model of ``recipe`` (validates them before any output)."""
+    """Load the data and build the model of ``recipe`` (validates them before any output).
+
+    Example:
+        >>> recipe = Recipe.from_dict({"model": {"name": "mlp"}, "data": {"name": "digits"},
+        ...                            "stages": [{"kind": "train", "epochs": 1}]})
+        >>> data, model = load_recipe_inputs(recipe)
+        >>> data.input_shape, model(data.test.x[:2]).shape
+        ((1, 8, 8), torch.Size([2, 10]))
+    """
     data = _load_data(recipe)
     return data, _initial_model(recipe, data)
 

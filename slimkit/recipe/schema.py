@@ -13,7 +13,13 @@ from slimkit.recipe.stage import STAGES, Stage
 
 
 class ModelSection(BaseModel):
-    """A zoo name or ``package.module:factory`` (with ``kwargs``), or a model ``path``."""
+    """A zoo name or ``package.module:factory`` (with ``kwargs``), or a model ``path``.
+
+    Example:
+        >>> section = ModelSection(name="mlp")
+        >>> section.path, section.kwargs
+        (None, {})
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -29,7 +35,13 @@ class ModelSection(BaseModel):
 
 
 class DataSection(BaseModel):
-    """A data set name, its folder and how to split it."""
+    """A data set name, its folder and how to split it.
+
+    Example:
+        >>> data = DataSection(name="digits")
+        >>> data.val_fraction, data.test_fraction, data.seed
+        (0.1, 0.2, 0)
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -42,7 +54,14 @@ class DataSection(BaseModel):
 
 
 class StageSection(BaseModel):
-    """One stage: its ``kind`` (registered name), a display ``name`` and its validated config."""
+    """One stage: its ``kind`` (registered name), a display ``name`` and its validated config.
+
+    Example:
+        >>> from slimkit.train import TrainConfig
+        >>> section = StageSection(kind="train", name="warmup", config=TrainConfig(epochs=1))
+        >>> type(section.build()).__name__
+        'TrainStage'
+    """
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 

@@ -41,7 +41,14 @@ def build_report(
 
 
 def save_json(report: dict[str, Any], path: str | Path) -> Path:
-    """Write ``report`` as indented JSON, whole or not at all."""
+    """Write ``report`` as indented JSON, whole or not at all.
+
+    Example:
+        >>> import tempfile
+        >>> path = save_json({"metric": 0.9}, Path(tempfile.mkdtemp()) / "report.json")
+        >>> json.loads(path.read_text())
+        {'metric': 0.9}
+    """
     path = Path(path)
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(report, indent=2, default=str) + "\n")

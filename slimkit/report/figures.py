@@ -36,7 +36,15 @@ def layer_stats(model: nn.Module) -> list[dict[str, Any]]:
 
 
 def metric_vs_size(report: dict[str, Any], path: Path) -> Path:
-    """Metric against bytes on disk: the path from baseline through each stage, and the peers."""
+    """Metric against bytes on disk: the path from baseline through each stage, and the peers.
+
+    Example:
+        >>> import tempfile
+        >>> report = {"task": {}, "baseline": {"metric": 0.9, "size_bytes": 4096},
+        ...           "result": {"metric": 0.88, "size_bytes": 1024}}
+        >>> metric_vs_size(report, Path(tempfile.mkdtemp()) / "metric_vs_size.png").exists()
+        True
+    """
     path_points = [("baseline", report["baseline"])]
     path_points += [(s["name"], s) for s in report.get("stages", []) if s.get("size_bytes")]
     path_points.append(("result", report["result"]))
@@ -79,7 +87,14 @@ def _merged_labels(points: list[tuple[str, dict[str, Any]]]) -> dict[tuple[float
 
 
 def layer_sparsity(stats: list[dict[str, Any]], path: Path) -> Path:
-    """Per-layer parameters (bars) and the share of them that are non-zero."""
+    """Per-layer parameters (bars) and the share of them that are non-zero.
+
+    Example:
+        >>> import tempfile
+        >>> stats = [{"layer": "fc1", "params": 100, "nonzero": 10}]
+        >>> layer_sparsity(stats, Path(tempfile.mkdtemp()) / "layers.png").exists()
+        True
+    """
     names = [s["layer"] or "(root)" for s in stats]
     fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(names)), 4))
     ax.bar(names, [s["params"] for s in stats], color="#c8d6e5", label="parameters")
@@ -93,7 +108,15 @@ def layer_sparsity(stats: list[dict[str, Any]], path: Path) -> Path:
 
 
 def save_figure(fig: plt.Figure, path: str | Path) -> Path:
-    """Lay out ``fig``, write it as a PNG atomically (no half-written file) and close it."""
+    """Lay out ``fig``, write it as a PNG atomically (no half-written file) and close it.
+
+    Example:
+        >>> import tempfile
+        >>> fig, ax = plt.subplots()
+        >>> path = save_figure(fig, Path(tempfile.mkdtemp()) / "empty.png")
+        >>> path.exists(), plt.fignum_exists(fig.number)
+        (True, False)
+    """
     path = Path(path)
     fig.tight_layout()
     with atomic_path(path) as tmp:

@@ -13,7 +13,12 @@ HEADERS = ("model", "metric", "params", "nonzero", "MACs", "bytes", "ORT b1 ms",
 
 
 def rows(report: dict[str, Any]) -> list[list[str]]:
-    """Baseline, each stage, peers and result as rows of formatted cells."""
+    """Baseline, each stage, peers and result as rows of formatted cells.
+
+    Example:
+        >>> rows({"baseline": {"metric": 0.95, "params": 1000}, "result": {"metric": 0.94}})[0]
+        ['baseline', '0.9500', '1,000', '-', '-', '-', '-', '-']
+    """
     out = [_row("baseline", report["baseline"])]
     out += [_row(_stage_label(s), s) for s in report.get("stages", [])]
     out += [_row(f"peer: {p.get('name', '?')}", p) for p in report.get("peers", [])]
@@ -22,7 +27,13 @@ def rows(report: dict[str, Any]) -> list[list[str]]:
 
 
 def ratios(report: dict[str, Any]) -> dict[str, str]:
-    """Baseline-over-result ratios for size, non-zeros, MACs and latency."""
+    """Baseline-over-result ratios for size, non-zeros, MACs and latency.
+
+    Example:
+        >>> ratios({"baseline": {"metric": 0.95, "size_bytes": 4000},
+        ...         "result": {"metric": 0.94, "size_bytes": 1000}})
+        {'smaller on disk': '4.00x', 'metric change': '-0.0100'}
+    """
     base, res = report["baseline"], report["result"]
     out = {}
     for key, label in (
@@ -42,7 +53,14 @@ def ratios(report: dict[str, Any]) -> dict[str, str]:
 
 
 def to_markdown(report: dict[str, Any]) -> str:
-    """report.md: task, the table of baseline vs stages vs result, ratios, environment."""
+    """report.md: task, the table of baseline vs stages vs result, ratios, environment.
+
+    Example:
+        >>> md = to_markdown({"task": {"data": "digits"}, "baseline": {"size_bytes": 4000},
+        ...                   "result": {"size_bytes": 1000}})
+        >>> md.splitlines()[0], "| smaller on disk | 4.00x |" in md
+        ('# slimkit report: digits', True)
+    """
     task = report["task"]
     lines = [
         f"# slimkit report: {task.get('data')}",
@@ -62,7 +80,16 @@ def to_markdown(report: dict[str, Any]) -> str:
 
 
 def print_table(report: dict[str, Any], console: Console | None = None) -> None:
-    """Print the before/after table and ratios to the terminal."""
+    """Print the before/after table and ratios to the terminal.
+
+    Example:
+        >>> import io
+        >>> console = Console(file=io.StringIO(), width=100)
+        >>> print_table({"task": {}, "baseline": {"metric": 0.9}, "result": {"metric": 0.8}},
+        ...             console)
+        >>> console.file.getvalue().splitlines()[-1]
+        '  metric change: -0.1000'
+    """
     console = console or Console(width=None if sys.stdout.isatty() else 160)
     table = Table(
         title=f"slimkit: {report['task'].get('data')} "

@@ -52,7 +52,13 @@ def _conv_bn(c_in: int, c_out: int, kernel: int, groups: int = 1) -> list[nn.Mod
 
 
 class Residual(nn.Module):
-    """Two conv-BN layers plus a shortcut (1x1 conv-BN when the channel count changes)."""
+    """Two conv-BN layers plus a shortcut (1x1 conv-BN when the channel count changes).
+
+    Example:
+        >>> block = Residual(8, 16, 3, "relu")
+        >>> block(torch.zeros(1, 8, 6, 6)).shape, block.shortcut is not None
+        (torch.Size([1, 16, 6, 6]), True)
+    """
 
     def __init__(self, c_in: int, c_out: int, kernel: int, act: str) -> None:
         super().__init__()

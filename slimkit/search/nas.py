@@ -83,7 +83,14 @@ def make_sampler(config: NasConfig, seed: int) -> optuna.samplers.BaseSampler:
 
 
 def identity(space: SearchSpace, data: Dataset, config: NasConfig) -> dict[str, Any]:
-    """What makes two trials comparable; a study joined with another identity is refused."""
+    """What makes two trials comparable; a study joined with another identity is refused.
+
+    Example:
+        >>> from slimkit.data import load_data
+        >>> space = SearchSpace(family="mlp", width=[16, 32])
+        >>> identity(space, load_data("digits"), NasConfig())["input_shape"]
+        [1, 8, 8]
+    """
     keys = ("objectives", "epochs", "train_subset", "val_subset", "max_params", "latency_batch")
     return {
         "space": space.model_dump(mode="json"),
@@ -191,7 +198,16 @@ def _requeue_interrupted(study: optuna.Study) -> None:
 def summarize(
     study: optuna.Study, config: NasConfig, seconds: float = 0.0, storage: str = "memory"
 ) -> SearchResult:
-    """Front and choice over the study's completed trials (of every worker)."""
+    """Front and choice over the study's completed trials (of every worker).
+
+    Example:
+        >>> study = optuna.create_study(direction="maximize")
+        >>> for value in (0.8, 0.9):
+        ...     study.add_trial(optuna.trial.create_trial(value=value))
+        >>> result = summarize(study, NasConfig())
+        >>> result.chosen.number, result.counts
+        (1, {'complete': 2})
+    """
     trials = study.get_trials(deepcopy=False)
     counts = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
     completed = [t for t in trials if t.state == TrialState.COMPLETE]
@@ -217,7 +233,14 @@ def summarize(
 
 def choose(front: list[FrozenTrial], config: NasConfig) -> FrozenTrial:
     """The front member with the best metric, or the cheapest (first cost objective) of those
-    within ``config.tolerance`` of it; ties go to the earlier trial."""
+    within ``config.tolerance`` of it; ties go to the earlier trial.
+
+    Example:
+        >>> from optuna.trial import create_trial
+        >>> front = [create_trial(values=[0.9, 5.0]), create_trial(values=[0.89, 2.0])]
+        >>> choose(front, NasConfig(objectives="metric,latency", tolerance=0.02)).values
+        [0.89, 2.0]
+    """
     m = config.objectives.index("metric")
     best = max(t.values[m] for t in front)
     near = [t for t in front if t.values[m] >= best - config.tolerance]
@@ -228,10 +251,21 @@ def choose(front: list[FrozenTrial], config: NasConfig) -> FrozenTrial:
 
 
 def default_storage(out: Path) -> str:
-    """The SQLite file a search keeps in its output folder."""
+    """The SQLite file a search keeps in its output folder.
+
+    Example:
+        >>> url = default_storage(Path("nas-out"))
+        >>> url.startswith("sqlite:///"), url.endswith("/nas-out/study.db")
+        (True, True)
+    """
     return f"sqlite:///{(out / 'study.db').resolve()}"
 
 
 def storage_label(url: str | None) -> str:
-    """How reports name a storage: the URL without its password."""
+    """How reports name a storage: the URL without its password.
+
+    Example:
+        >>> storage_label(None), storage_label("postgresql://me:secret@db/nas")
+        ('memory', 'postgresql://me:***@db/nas')
+    """
     return "memory" if url is None else redact(url)

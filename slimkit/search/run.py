@@ -139,7 +139,18 @@ def measure_dense(
     config: NasConfig,
     onnx: Path | None = None,
 ) -> dict[str, Any]:
-    """MEASUREMENT of a float32 net saved at ``path``: size is 4 bytes per weight."""
+    """MEASUREMENT of a float32 net saved at ``path``: size is 4 bytes per weight.
+
+    Example:
+        >>> import tempfile
+        >>> from slimkit.data import load_data
+        >>> from slimkit.models import build_model
+        >>> data, out = load_data("digits"), Path(tempfile.mkdtemp())
+        >>> row = measure_dense(build_model("mlp", (1, 8, 8), 10), data, out / "m.safetensors",
+        ...                     out, NasConfig())
+        >>> row["params"], row["size_bytes"]
+        (50826, 203304)
+    """
     save_checkpoint(model, path)
     row = measure(
         model, data, artifact=path, relative_to=out, onnx_path=onnx, threads=config.threads
@@ -149,7 +160,16 @@ def measure_dense(
 
 
 def search_summary(result: SearchResult) -> dict[str, Any]:
-    """The ``search`` block of report.json: study, counts, front and every trial."""
+    """The ``search`` block of report.json: study, counts, front and every trial.
+
+    Example:
+        >>> import optuna
+        >>> from slimkit.search.nas import summarize
+        >>> study = optuna.create_study(study_name="demo", direction="maximize")
+        >>> study.add_trial(optuna.trial.create_trial(value=0.9))
+        >>> search_summary(summarize(study, NasConfig()))["pareto_front"]
+        [{'number': 0, 'state': 'complete', 'values': {'metric': 0.9}}]
+    """
     return {
         "study": result.study.study_name,
         "storage": result.storage,
@@ -164,7 +184,15 @@ def search_summary(result: SearchResult) -> dict[str, Any]:
 
 
 def trial_row(trial: FrozenTrial, result: SearchResult) -> dict[str, Any]:
-    """One trial, JSON-ready: number, state, objective values, size and why it failed."""
+    """One trial, JSON-ready: number, state, objective values, size and why it failed.
+
+    Example:
+        >>> from optuna.trial import create_trial
+        >>> t = create_trial(value=0.9, user_attrs={"params": 500})
+        >>> row = trial_row(t, SearchResult(None, ["metric"], [t], [t], t, t, seconds=1.0))
+        >>> row["state"], row["values"], row["params"]
+        ('complete', {'metric': 0.9}, 500)
+    """
     row: dict[str, Any] = {"number": trial.number, "state": trial.state.name.lower()}
     if trial.values is not None:
         row["values"] = {k: round(v, 6) for k, v in result.values(trial).items()}
@@ -178,7 +206,14 @@ def trial_row(trial: FrozenTrial, result: SearchResult) -> dict[str, Any]:
 
 def front_points(result: SearchResult) -> tuple[str, list[tuple[float, float]]]:
     """(cost name, [(cost, metric)]) of the completed trials; the cost is the first cost
-    objective, or the parameter count when the metric is the only objective."""
+    objective, or the parameter count when the metric is the only objective.
+
+    Example:
+        >>> from optuna.trial import create_trial
+        >>> t = create_trial(value=0.9, user_attrs={"metric": 0.9, "params": 500})
+        >>> front_points(SearchResult(None, ["metric"], [t], [t], t, t, seconds=1.0))
+        ('params', [(500.0, 0.9)])
+    """
     cost = next((name for name in result.objectives if name != "metric"), "params")
     points = [
         (float(t.user_attrs[cost]), float(t.user_attrs["metric"]))

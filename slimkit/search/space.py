@@ -37,7 +37,12 @@ from slimkit.search.arch import ACTIVATIONS, CNN_BLOCKS, HEADS, MLP_BLOCKS
 
 
 class IntRange(BaseModel):
-    """Integers from ``low`` to ``high`` inclusive, every ``step`` (or log-uniform)."""
+    """Integers from ``low`` to ``high`` inclusive, every ``step`` (or log-uniform).
+
+    Example:
+        >>> IntRange(low=8, high=64, step=8).size()
+        8
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -58,7 +63,12 @@ class IntRange(BaseModel):
 
 
 class FloatRange(BaseModel):
-    """Reals from ``low`` to ``high``, uniform or log-uniform."""
+    """Reals from ``low`` to ``high``, uniform or log-uniform.
+
+    Example:
+        >>> FloatRange(low=1e-4, high=1e-2, log=True).size()
+        inf
+    """
 
     model_config = ConfigDict(extra="forbid")
 

@@ -99,7 +99,14 @@ def _engine_kwargs(url: str) -> dict[str, Any]:
 @contextlib.contextmanager
 def quiet_optuna() -> Iterator[None]:
     """Optuna's log lines (per-trial INFO, tracebacks of failed trials: the search reports those
-    in one line itself) and experimental-feature warnings off, for this block."""
+    in one line itself) and experimental-feature warnings off, for this block.
+
+    Example:
+        >>> with quiet_optuna():
+        ...     inside = optuna.logging.get_verbosity()
+        >>> inside == optuna.logging.ERROR
+        True
+    """
     level = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     try:

@@ -154,7 +154,14 @@ def trial_seed(seed: int, number: int) -> int:
 
 
 def candidate_of(trial: optuna.trial.FrozenTrial) -> Candidate:
-    """The candidate a finished trial trained (kept in its ``candidate`` user attribute)."""
+    """The candidate a finished trial trained (kept in its ``candidate`` user attribute).
+
+    Example:
+        >>> attrs = {"candidate": {"family": "mlp", "arch": {"layers": []}, "lr": 0.01}}
+        >>> trial = optuna.trial.create_trial(value=0.9, user_attrs=attrs)
+        >>> candidate_of(trial).lr, candidate_of(trial).model_name
+        (0.01, 'searched-mlp')
+    """
     return Candidate(**trial.user_attrs["candidate"])
 
 

@@ -24,7 +24,13 @@ class TrainStage(Stage):
 
 
 class FinetuneConfig(TrainConfig):
-    """Training settings with fine-tuning defaults: a few epochs at a small learning rate."""
+    """Training settings with fine-tuning defaults: a few epochs at a small learning rate.
+
+    Example:
+        >>> config = FinetuneConfig()
+        >>> config.epochs, config.lr
+        (3, 0.0001)
+    """
 
     epochs: int = Field(3, ge=0)
     lr: float = Field(1e-4, gt=0)

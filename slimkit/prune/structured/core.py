@@ -38,7 +38,13 @@ CRITERIA = ("l1", "l2", "bn", "taylor")
 
 @dataclass
 class StructuredResult:
-    """The pruned model, what each group lost, and the groups left whole with the reason why."""
+    """The pruned model, what each group lost, and the groups left whole with the reason why.
+
+    Example:
+        >>> result = StructuredResult(nn.Linear(4, 2), macs_before=8, macs_after=4, ratio=0.5)
+        >>> result.macs_after / result.macs_before, result.skipped
+        (0.5, {})
+    """
 
     model: nn.Module
     groups: list[dict[str, Any]] = field(default_factory=list)
@@ -213,7 +219,14 @@ def _group_name(graph: DependencyGraph, producers: list[str]) -> str:
 
 
 def plan_groups(graph: DependencyGraph, selected: Sequence[str]) -> tuple[dict[int, int], dict]:
-    """Prunable groups (root -> size) and, for the others, the reason they stay whole."""
+    """Prunable groups (root -> size) and, for the others, the reason they stay whole.
+
+    Example:
+        >>> from slimkit.models import build_model
+        >>> model = build_model("lenet300", (1, 8, 8), 10)
+        >>> plan_groups(dependency_graph(model, torch.zeros(2, 1, 8, 8)), ["*"])
+        ({1: 300, 2: 100}, {'5': 'model output'})
+    """
     prunable, skipped = {}, {}
     for root, producers in graph.groups().items():
         name = _group_name(graph, producers)

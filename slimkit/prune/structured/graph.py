@@ -36,7 +36,14 @@ from slimkit.measure._common import eval_mode, root_cause
 
 @dataclass(frozen=True)
 class Segment:
-    """``size`` channels of channel space ``space``, each repeated ``repeat`` times."""
+    """``size`` channels of channel space ``space``, each repeated ``repeat`` times.
+
+    Example:
+        >>> from slimkit.models import build_model
+        >>> model = build_model("cnn-small", (1, 8, 8), 10)  # 32 channels of 2x2, flattened
+        >>> dependency_graph(model, torch.zeros(2, 1, 8, 8)).uses["classifier.1"].layout
+        (Segment(space=2, size=32, repeat=4),)
+    """
 
     space: int
     size: int
@@ -74,7 +81,15 @@ _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 @dataclass
 class Use:
-    """One module's tie to channel layouts: what it consumes and, for producers, its space."""
+    """One module's tie to channel layouts: what it consumes and, for producers, its space.
+
+    Example:
+        >>> from slimkit.models import build_model
+        >>> model = build_model("cnn-small", (1, 8, 8), 10)
+        >>> use = dependency_graph(model, torch.zeros(2, 1, 8, 8)).uses["features.1"]
+        >>> type(use.module).__name__, use.role, use.out_space
+        ('BatchNorm2d', 'channelwise', None)
+    """
 
     name: str
     module: nn.Module
@@ -88,6 +103,13 @@ class DependencyGraph:
     """Channel spaces merged into groups, with the modules that slice each group.
 
     ``blocked`` maps a group root to the reasons it cannot be pruned.
+
+    Example:
+        >>> graph = DependencyGraph()
+        >>> a, b = graph.new_space(4), graph.new_space(8)
+        >>> graph.union(a, b)
+        >>> graph.blocked(b)
+        ['channel counts 4 and 8 are tied']
     """
 
     parent: list[int] = field(default_factory=list)

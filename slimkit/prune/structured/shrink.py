@@ -71,7 +71,14 @@ def shrink_channelwise(module: nn.Module, keep: torch.Tensor) -> nn.Module:
 
 
 def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    """Put ``new`` at the dotted path ``name`` inside ``model``."""
+    """Put ``new`` at the dotted path ``name`` inside ``model``.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(4, 3), nn.ReLU())
+        >>> replace_module(net, "0", nn.Linear(4, 2))
+        >>> net[0].out_features
+        2
+    """
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, new)

@@ -24,7 +24,14 @@ MISSING = frozenset({"", "na", "n/a", "nan", "null", "none", "?"})  # spellings 
 
 @dataclass(frozen=True)
 class Table:
-    """Features ``x`` (rows x columns), class indices ``y`` and what the columns are."""
+    """Features ``x`` (rows x columns), class indices ``y`` and what the columns are.
+
+    Example:
+        >>> t = Table("toy", np.array([[1.0, np.nan], [2.0, 3.0]]), np.array([0, 1]),
+        ...           ["a", "b"], categorical=[], class_names=["no", "yes"])
+        >>> t.numeric, t.has_missing, t.rows(np.array([1])).has_missing
+        ([0, 1], True, False)
+    """
 
     name: str
     x: np.ndarray

@@ -34,7 +34,13 @@ TREE_FAMILIES = frozenset({"forest", "hgb"})  # split on thresholds: scaling cha
 
 @dataclass(frozen=True)
 class SpaceInfo:
-    """What the space needs to know about the data."""
+    """What the space needs to know about the data.
+
+    Example:
+        >>> info = SpaceInfo([0, 1], [], has_missing=False, min_train_rows=40, probability=False)
+        >>> estimator({"family": "svm", "C": 1.0, "kernel": "linear"}, info).probability
+        False
+    """
 
     numeric: list[int]
     categorical: list[int]
