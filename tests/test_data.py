@@ -233,6 +233,12 @@ def test_csv_numeric_labels_sort_as_numbers(tmp_path: Path) -> None:
     assert raw.train[1][:3].tolist() == [0, 2, 1]
 
 
+def test_csv_numeric_label_spellings_are_one_class_named_as_first_written(tmp_path: Path) -> None:
+    rows = "".join(f"{i},{['1', '2', '1.0'][i % 3]}\n" for i in range(9))
+    raw = LOADERS.get("csv")(write_csv(tmp_path / "t.csv", "x,label\n" + rows))
+    assert raw.class_names == ["1", "2"]
+
+
 def test_csv_missing_label_column(tmp_path: Path) -> None:
     path = write_csv(tmp_path / "t.csv", "a,b,target\n1,2,x\n3,4,y\n")
     with pytest.raises(

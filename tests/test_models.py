@@ -40,6 +40,13 @@ def test_unknown_model_lists_known():
         build_model("vgg", (1, 8, 8), 10)
 
 
+def test_resnet_shape_error_names_its_depth():
+    from slimkit.models.zoo import ResNet
+
+    with pytest.raises(SlimkitError, match=r"^resnet8 needs image data"):
+        ResNet((3, 32), 10, blocks_per_stage=1)
+
+
 def test_lenet5_rejects_too_small_input():
     with pytest.raises(SlimkitError, match="16x16"):
         build_model("lenet5", (1, 8, 8), 10)

@@ -153,5 +153,7 @@ def class_indices(path: Path, label: str, cells: tuple[str, ...]) -> tuple[np.nd
         )
     index = {key: i for i, key in enumerate(unique)}
     y = np.array([index[k] for k in keys], dtype=np.int64)
-    written = dict(zip(keys, labels, strict=True))  # names as the file spells them ("1", not "1.0")
+    written: dict = {}  # names as the file first spells them ("1", not a later "1.0")
+    for key, cell in zip(keys, labels, strict=True):
+        written.setdefault(key, cell)
     return y, [written[k] for k in unique]

@@ -221,7 +221,8 @@ class ResNet(nn.Module):
         widths: Sequence[int] = (16, 32, 64),
     ) -> None:
         super().__init__()
-        in_channels, _, _ = _image_shape(input_shape, "resnet20")
+        depth = 2 * len(widths) * blocks_per_stage + 2  # 20 for the default 3 blocks a stage
+        in_channels, _, _ = _image_shape(input_shape, f"resnet{depth}")
         self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
         self.relu = nn.ReLU()
