@@ -280,8 +280,9 @@ def quantize_embedder(
     if groups:  # smoothing scales a Linear's own input only, so float statistics stay valid
         layers = [g.linears[0] for g in groups]
         stats = input_absmax(model, layers, _runner(calibration), samples)
-    alpha = cfg.smooth_alpha  # None: searched per group
-    smoothed, fake, alphas, tanh = _smoothed_pair(model, groups, stats, samples, cfg, alpha)
+    smoothed, fake, alphas, tanh = _smoothed_pair(
+        model, groups, stats, samples, cfg, cfg.smooth_alpha
+    )  # smooth_alpha None: searched per group
     budget = 0.001 if cfg.accuracy_budget is None else cfg.accuracy_budget
     float_layers, sensitivity = _keep_float(fake, model, calibration, budget)
     if len(float_layers) == len(_quantized_linears(fake)):

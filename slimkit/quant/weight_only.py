@@ -156,9 +156,9 @@ def save_packed(model: nn.Module, path: str | Path) -> Path:
         >>> from slimkit.quant import quantize
         >>> q = quantize(build_model("mlp", (1, 8, 8), 10), mode="weight-only", weight_bits=4,
         ...              group_size=32)
-        >>> f = save_packed(q, tempfile.mkdtemp() + "/m.safetensors")
-        >>> load_packed(f)(torch.zeros(1, 1, 8, 8)).shape
-        torch.Size([1, 10])
+        >>> net = load_packed(save_packed(q, tempfile.mkdtemp() + "/m.safetensors"))
+        >>> torch.allclose(net(torch.ones(1, 1, 8, 8)), q(torch.ones(1, 1, 8, 8)), atol=1e-5)
+        True
     """
     from safetensors.torch import save_file
 
@@ -195,13 +195,12 @@ def load_packed(path: str | Path) -> nn.Module:
 
     Example:
         >>> import tempfile
-        >>> from slimkit.models import build_model
-        >>> from slimkit.quant import quantize
-        >>> q = quantize(build_model("mlp", (1, 8, 8), 10), mode="weight-only", weight_bits=4,
-        ...              group_size=32)
-        >>> net = load_packed(save_packed(q, tempfile.mkdtemp() + "/m.safetensors"))
-        >>> torch.allclose(net(torch.ones(1, 1, 8, 8)), q(torch.ones(1, 1, 8, 8)), atol=1e-5)
-        True
+        >>> from safetensors.torch import save_file
+        >>> path = tempfile.mkdtemp() + "/other.safetensors"
+        >>> save_file({"w": torch.zeros(2)}, path)  # a safetensors file, but not save_packed's
+        >>> load_packed(path)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        slimkit.errors.SlimkitError: ...: not a packed weight-only file written by slimkit
     """
     from safetensors import SafetensorError, safe_open
 
