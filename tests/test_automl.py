@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from sklearn.base import BaseEstimator, ClassifierMixin
 
-from slimkit.cli import main
 from slimkit.errors import SlimkitError
 from slimkit.search.automl import (
     AutoMLConfig,
@@ -173,16 +172,14 @@ def test_nothing_finished_is_a_clear_error(monkeypatch):
          "no label column 'kind'"),
     ],
 )  # fmt: skip
-def test_cli_bad_input_exit_2(args, message, tmp_path, capsys):
+def test_cli_bad_input_exit_2(args, message, tmp_path, bad_input):
     csv = _csv_with_gaps(tmp_path / "t.csv", rows=20)
-    args = [str(csv) if a == "CSV" else a for a in args]
-    code = main(["automl", *args, "--out", str(tmp_path / "out"), "--quiet"])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and message in err[0]
+    args = [csv if a == "CSV" else a for a in args]
+    assert message in bad_input("automl", *args, "--out", tmp_path / "out", "--quiet")
     assert not (tmp_path / "out").exists()
 
 
-def test_cli_refuses_existing_output(tmp_path, capsys):
+def test_cli_refuses_existing_output(tmp_path, bad_input):
     (tmp_path / "out").mkdir()
-    code = main(["automl", "--data", "iris", "--budget", "5", "--out", str(tmp_path / "out")])
-    assert code == 2 and "pass --force" in capsys.readouterr().err
+    error = bad_input("automl", "--data", "iris", "--budget", "5", "--out", tmp_path / "out")
+    assert "pass --force" in error

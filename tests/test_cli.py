@@ -1,4 +1,7 @@
-"""The command line through a real subprocess: exit codes, one-line errors, no partial output."""
+"""The command line: exit codes, one-line errors, no partial output.
+
+Most cases run in-process through the entry point (the ``cli`` and ``bad_input`` fixtures of
+conftest.py); the train/eval/export round trip and one bad input run the real console process."""
 
 import json
 import subprocess
@@ -11,6 +14,7 @@ from slimkit.models import build_model, save_checkpoint
 
 
 def slimkit(*args, cwd=None):
+    """``python -m slimkit.cli ARGS...`` in a fresh process: (exit code, stdout, stderr)."""
     proc = subprocess.run(
         [sys.executable, "-m", "slimkit.cli", *map(str, args)],
         cwd=cwd,
@@ -19,14 +23,6 @@ def slimkit(*args, cwd=None):
         timeout=300,
     )
     return proc.returncode, proc.stdout, proc.stderr
-
-
-def assert_bad_input(code, stderr, pattern):
-    assert code == 2, stderr
-    lines = stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
-    assert "Traceback" not in stderr
-    assert pattern in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -50,25 +46,24 @@ def checkpoint(tmp_path_factory):
     return path
 
 
-def test_train_eval_export_round_trip(checkpoint, tmp_path):
-    code, out, err = slimkit("eval", checkpoint, "--data", "digits", "--json", tmp_path / "m.json")
+def test_train_eval_export_round_trip(checkpoint, tmp_path, cli):
+    code, out, err = cli("eval", checkpoint, "--data", "digits", "--json", tmp_path / "m.json")
     assert code == 0, err
     measured = json.loads((tmp_path / "m.json").read_text())
     assert measured["metric"] > 0.8 and measured["macs"] > 0
-    code, _, err = slimkit("export", checkpoint, "--format", "onnx", "--out", tmp_path / "m.onnx")
+    code, _, err = cli("export", checkpoint, "--format", "onnx", "--out", tmp_path / "m.onnx")
     assert code == 0, err
-    code, out, err = slimkit("eval", tmp_path / "m.onnx", "--data", "digits")
+    code, out, err = cli("eval", tmp_path / "m.onnx", "--data", "digits")
     assert code == 0, err
     assert f"metric: {measured['metric']}" in out  # ONNX Runtime gives the same accuracy
 
 
-def test_no_overwrite_without_force(checkpoint, tmp_path):
+def test_no_overwrite_without_force(checkpoint, tmp_path, cli, bad_input):
     target = tmp_path / "m.onnx"
     target.write_text("keep me")
-    code, _, err = slimkit("export", checkpoint, "--out", target)
-    assert_bad_input(code, err, "--force")
+    assert "--force" in bad_input("export", checkpoint, "--out", target)
     assert target.read_text() == "keep me"
-    code, _, err = slimkit("export", checkpoint, "--out", target, "--force")
+    code, _, err = cli("export", checkpoint, "--out", target, "--force")
     assert code == 0, err
 
 
@@ -118,36 +113,35 @@ def test_no_overwrite_without_force(checkpoint, tmp_path):
         (["frobnicate"], "frobnicate"),
     ],
 )
-def test_bad_input_is_one_line_exit_2(tmp_path, args, pattern):
-    code, _, err = slimkit(*(a.format(tmp=tmp_path) for a in args))
-    assert_bad_input(code, err, pattern)
+def test_bad_input_is_one_line_exit_2(tmp_path, args, pattern, bad_input):
+    assert pattern in bad_input(*(a.format(tmp=tmp_path) for a in args))
     assert not (tmp_path / "x.safetensors").exists()
     assert not (tmp_path / "o").exists()
 
 
-def test_pickled_checkpoint_refused(tmp_path):
+def test_pickled_checkpoint_refused(tmp_path, bad_input):
     torch.save(build_model("mlp", (1, 8, 8), 10).state_dict(), tmp_path / "w.pt")
-    code, _, err = slimkit("eval", tmp_path / "w.pt", "--data", "digits")
-    assert_bad_input(code, err, "pickled")
+    assert "pickled" in bad_input("eval", tmp_path / "w.pt", "--data", "digits")
 
 
-def test_recipe_typo_leaves_no_output(tmp_path):
+def test_recipe_typo_leaves_no_output(tmp_path, bad_input):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(
         "model: {name: mlp}\ndata: {name: digits}\nstages:\n  - kind: train\n    epochz: 3\n"
     )
-    code, _, err = slimkit("compress", "--recipe", recipe, "--out", tmp_path / "o")
-    assert_bad_input(code, err, "unknown key 'epochz'")
+    assert "unknown key 'epochz'" in bad_input(
+        "compress", "--recipe", recipe, "--out", tmp_path / "o"
+    )
     assert not (tmp_path / "o").exists()
 
 
-def test_compress_and_resume(tmp_path):
+def test_compress_and_resume(tmp_path, cli):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(
         "model: {name: mlp, kwargs: {hidden: [32]}}\ndata: {name: digits}\n"
         "stages:\n  - kind: train\n    epochs: 2\n  - kind: export\n"
     )
-    code, _, err = slimkit("compress", "--recipe", recipe, "--out", tmp_path / "o", "--quiet")
+    code, _, err = cli("compress", "--recipe", recipe, "--out", tmp_path / "o", "--quiet")
     assert code == 0, err
     report = json.loads((tmp_path / "o" / "report.json").read_text())
     assert set(report) >= {
@@ -159,18 +153,18 @@ def test_compress_and_resume(tmp_path):
         "peers",
         "environment",
     }
-    code, _, err = slimkit("compress", "--recipe", recipe, "--out", tmp_path / "o", "--resume")
+    code, _, err = cli("compress", "--recipe", recipe, "--out", tmp_path / "o", "--resume")
     assert code == 0, err
 
 
 @pytest.mark.parametrize("command", ["eval", "train"])
-def test_wrong_data_shape_is_bad_input(tmp_path, command):
+def test_wrong_data_shape_is_bad_input(tmp_path, command, bad_input):
     model = build_model("lenet300", (1, 28, 28), 10)
     save_checkpoint(model, tmp_path / "l.safetensors")
     if command == "eval":
-        code, _, err = slimkit("eval", tmp_path / "l.safetensors", "--data", "digits")
+        error = bad_input("eval", tmp_path / "l.safetensors", "--data", "digits")
     else:
-        code, _, err = slimkit(
+        error = bad_input(
             "train",
             "--model",
             tmp_path / "l.safetensors",
@@ -179,5 +173,14 @@ def test_wrong_data_shape_is_bad_input(tmp_path, command):
             "--out",
             tmp_path / "x.safetensors",
         )
-    assert_bad_input(code, err, "input shape")
+    assert "input shape" in error
     assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_the_console_process_reports_bad_input_in_one_line(tmp_path):
+    """The real process: exit code 2 and nothing on stderr but the error line (no traceback, no
+    warning from an import)."""
+    code, _, err = slimkit("train", "--model", "vgg99", "--data", "digits", "--out", tmp_path / "x")
+    assert code == 2, err
+    assert err.splitlines() == [err.strip()] and err.startswith("error: unknown model 'vgg99'"), err
+    assert not (tmp_path / "x").exists()

@@ -18,7 +18,6 @@ import optuna
 import pytest
 import torch
 
-from slimkit.cli import main
 from slimkit.errors import SlimkitError
 from slimkit.models import load_model, save_checkpoint
 from slimkit.search import NasConfig, SearchSpace, load_space, run_nas, search
@@ -46,16 +45,6 @@ def space_file(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def space(space_file) -> SearchSpace:
     return SearchSpace.from_yaml(space_file)
-
-
-def bad_input(argv: list[str], capsys) -> str:
-    """Run the CLI in-process; assert exit 2 with one ``error:`` line and return that line."""
-    code = main(argv)
-    err = capsys.readouterr().err
-    lines = err.strip().splitlines()
-    assert code == 2, err
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    return lines[0]
 
 
 def nas_worker(storage: str, out: Path, seed: int, trials: int) -> subprocess.Popen:
@@ -285,15 +274,15 @@ def test_joining_a_study_with_other_settings_is_refused(space, digits, tmp_path)
         (["--sampler", "grid"], "sampler"),
     ],
 )
-def test_cli_bad_input_is_one_error_line(space_file, tmp_path, capsys, extra, message):
-    argv = ["nas", "--data", "digits", "--space", str(space_file), "--out", str(tmp_path / "o")]
-    assert message in bad_input([*argv, "--quiet", *extra], capsys)
+def test_cli_bad_input_is_one_error_line(space_file, tmp_path, bad_input, extra, message):
+    argv = ["nas", "--data", "digits", "--space", space_file, "--out", tmp_path / "o"]
+    assert message in bad_input(*argv, "--quiet", *extra)
 
 
-def test_cli_constant_space_is_refused(tmp_path, capsys):
+def test_cli_constant_space_is_refused(tmp_path, bad_input):
     (tmp_path / "c.yaml").write_text("family: cnn\ndepth: 1\n")
-    argv = ["nas", "--data", "digits", "--space", str(tmp_path / "c.yaml"), "--out", str(tmp_path)]
-    assert "constant search space" in bad_input(argv, capsys)
+    argv = ["nas", "--data", "digits", "--space", tmp_path / "c.yaml", "--out", tmp_path]
+    assert "constant search space" in bad_input(*argv)
 
 
 # --- several processes share one study ---------------------------------------------------------
