@@ -8,13 +8,15 @@
 The teacher is an ``nn.Module``, a slimkit checkpoint (or TorchScript / ONNX file), or a local
 Hugging Face classifier folder. The recipe stage is ``distill`` (:mod:`slimkit.distill.stage`).
 
-Example:
+Example (soft targets plus a FitNets hint: the student's hidden layer, 32 wide, learns to predict
+the teacher's, 256 wide, through a learned regressor):
     >>> from slimkit.data import load_data
     >>> from slimkit.models import build_model
     >>> data = load_data("digits")
     >>> teacher = build_model("mlp", data.input_shape, 10)
     >>> student = build_model("mlp", data.input_shape, 10, hidden=(32,))
-    >>> config = DistillConfig(temperature=4, alpha=0.9, epochs=1)
+    >>> config = DistillConfig(temperature=4, alpha=0.9, epochs=1,
+    ...                        hints=[HintSpec(student="2", teacher="2")])
     >>> distill(student, teacher, data, config, quiet=True).epochs_run
     1
 """
