@@ -40,7 +40,7 @@ def cli(capsys):
     """Run ``slimkit ARGS...`` in-process through its entry point: ``(exit code, stdout, stderr)``.
 
     In-process spares each call the 3-4 s of a fresh interpreter importing torch; test_cli.py
-    still runs the real console process once."""
+    still runs the real console process for its training fixture and one bad input."""
     from slimkit.cli import main
 
     def run(*args) -> tuple[int, str, str]:

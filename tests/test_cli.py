@@ -1,7 +1,8 @@
 """The command line: exit codes, one-line errors, no partial output.
 
 Most cases run in-process through the entry point (the ``cli`` and ``bad_input`` fixtures of
-conftest.py); the train/eval/export round trip and one bad input run the real console process."""
+conftest.py); the training that makes the shared checkpoint and one bad input run the real
+console process."""
 
 import json
 import subprocess
@@ -13,11 +14,10 @@ import torch
 from slimkit.models import build_model, save_checkpoint
 
 
-def slimkit(*args, cwd=None):
+def slimkit(*args):
     """``python -m slimkit.cli ARGS...`` in a fresh process: (exit code, stdout, stderr)."""
     proc = subprocess.run(
         [sys.executable, "-m", "slimkit.cli", *map(str, args)],
-        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=300,
