@@ -73,7 +73,7 @@ def train(
     from slimkit.data import load_data
     from slimkit.io import check_output
     from slimkit.measure import evaluate
-    from slimkit.models import build_model, load_model, save_checkpoint
+    from slimkit.models import build_model, load_model, model_factory, save_checkpoint
     from slimkit.train import TrainConfig, fit, seed_everything
 
     _quiet(quiet)
@@ -81,6 +81,8 @@ def train(
     config = _validated(
         TrainConfig, epochs=epochs, seed=seed, lr=lr, optimizer=optimizer, batch_size=batch_size
     )
+    if not Path(model).exists():
+        model_factory(model)  # a mistyped name fails before the data set loads
     dataset = load_data(data, data_dir)
     seed_everything(seed)
     if Path(model).exists():

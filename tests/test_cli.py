@@ -74,6 +74,20 @@ def test_no_overwrite_without_force(checkpoint, tmp_path, cli, bad_input):
             ["train", "--model", "vgg99", "--data", "digits", "--out", "{tmp}/x.safetensors"],
             "unknown model 'vgg99'",
         ),
+        (  # the model name is checked before the data set is looked for
+            [
+                "train",
+                "--model",
+                "vgg99",
+                "--data",
+                "mnist",
+                "--data-dir",
+                "{tmp}/nowhere",
+                "--out",
+                "{tmp}/x.safetensors",
+            ],
+            "unknown model 'vgg99'",
+        ),
         (
             ["train", "--model", "mlp", "--data", "imagenet", "--out", "{tmp}/x.safetensors"],
             "unknown data set 'imagenet'",

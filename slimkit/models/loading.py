@@ -55,9 +55,9 @@ def load_model(source: str | Path, *, allow_import: bool = False) -> nn.Module:
     path = Path(source)
     if not path.exists():
         if ":" in str(source) and not str(source).startswith(("/", ".")):
-            from slimkit.models.spec import _factory
+            from slimkit.models.spec import model_factory
 
-            model = _factory(str(source), allow_import=True)()
+            model = model_factory(str(source), allow_import=True)()
             if not isinstance(model, nn.Module):
                 raise SlimkitError(f"{source!r} did not return a torch.nn.Module")
             return model.eval()

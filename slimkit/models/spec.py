@@ -74,7 +74,7 @@ def build_model(
         >>> sum(p.numel() for p in model.parameters())
         266610
     """
-    factory = _factory(name, allow_import)
+    factory = model_factory(name, allow_import)
     try:
         model = _call_factory(factory, list(input_shape), num_classes, kwargs)
     except TypeError as exc:
@@ -179,7 +179,19 @@ def _replace(model: nn.Module, name: str, layer: nn.Module) -> None:
     setattr(parent, child, layer)
 
 
-def _factory(name: str, allow_import: bool):
+def model_factory(name: str, allow_import: bool = True) -> Any:
+    """The callable that builds the model ``name`` (a zoo or registered name, or
+    ``package.module:function`` when ``allow_import``); raises :class:`SlimkitError` for an
+    unknown name, so a command can check its ``--model`` before loading any data.
+
+    Example:
+        >>> model_factory("lenet300").__name__
+        'lenet300'
+        >>> model_factory("vgg99")
+        Traceback (most recent call last):
+        ...
+        slimkit.errors.SlimkitError: unknown model 'vgg99'; known: ...
+    """
     if name not in MODELS and ":" not in name:
         for module in REGISTERING_MODULES:
             importlib.import_module(module)
