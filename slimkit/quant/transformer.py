@@ -276,7 +276,8 @@ def quantize_embedder(
         cfg = cfg.model_copy(update={"skip": [*cfg.skip, FLOAT_BRANCH]})
     groups = bert_groups(model, norm_inputs_only=True) if cfg.smooth_alpha != 0 else []
     stats: dict[str, torch.Tensor] = {}
-    samples: dict[str, list[torch.Tensor]] = {}
+    # input rows for the alpha search, kept only when there is one
+    samples: dict[str, list[torch.Tensor]] | None = {} if cfg.smooth_alpha is None else None
     if groups:  # smoothing scales a Linear's own input only, so float statistics stay valid
         layers = [g.linears[0] for g in groups]
         stats = input_absmax(model, layers, _runner(calibration), samples)
@@ -302,7 +303,7 @@ def _smoothed_pair(
     model: nn.Module,
     groups: list[SmoothGroup],
     stats: dict[str, torch.Tensor],
-    samples: dict[str, list[torch.Tensor]],
+    samples: dict[str, list[torch.Tensor]] | None,
     cfg: QuantConfig,
     alpha: float | dict[str, float] | None,
 ) -> tuple[nn.Module, nn.Module, dict[str, float], list[str]]:
