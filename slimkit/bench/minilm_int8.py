@@ -33,6 +33,7 @@ import torch
 from slimkit.bench import BENCHMARKS, BenchContext
 from slimkit.data.sst2 import read_tsv
 from slimkit.measure import file_size, ort_session
+from slimkit.measure._common import quiet
 from slimkit.quant import QuantConfig
 from slimkit.report import build_report
 
@@ -135,8 +136,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     rewrite = export_quantized_embedder(quantized, int8_path, batches[0])
     quantize_seconds = time.perf_counter() - tick
     peer_path = work / "minilm.int8.ort-quantize-dynamic.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with quiet():  # the peer logs advice to pre-process; its graph is used as it comes
         quantize_dynamic(str(float_path), str(peer_path), per_channel=True,
                          weight_type=QuantType.QInt8)  # fmt: skip
     paths = {"float": float_path, "slimkit": int8_path, "ort_peer": peer_path}

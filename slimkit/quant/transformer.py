@@ -98,7 +98,8 @@ def load_minilm(path: str | Path | None = None) -> tuple[SentenceEmbedder, Any]:
             "pip install 'slimkit[nlp]'"
         ) from None
     # Eager attention: its graph is plain MatMul/Softmax, which exports and quantizes cleanly.
-    model = AutoModel.from_pretrained(str(path), attn_implementation="eager").eval()
+    with quiet():  # a known model: transformers' loading progress bar tells nothing
+        model = AutoModel.from_pretrained(str(path), attn_implementation="eager").eval()
     return SentenceEmbedder(model).eval(), AutoTokenizer.from_pretrained(str(path))
 
 
