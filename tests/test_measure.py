@@ -206,6 +206,18 @@ def test_environment_names_versions_cpu_and_threads():
     json.dumps(env)
 
 
+def test_cpu_details_reads_the_first_processor(tmp_path):
+    from slimkit.measure.environment import cpu_details
+
+    one = (
+        "processor\t: {n}\ncpu family\t: 23\nmodel\t\t: 1\nmodel name\t: AMD EPYC\nflags\t\t: {f}\n"
+    )
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(one.format(n=0, f="sse2 fma avx2") + "\n" + one.format(n=1, f="avx512_vnni"))
+    assert cpu_details(cpuinfo) == {"cpu_family_model": "23/1", "simd": ["avx2", "fma"]}
+    assert cpu_details(tmp_path / "absent") == {"cpu_family_model": None, "simd": []}
+
+
 # --- measure() --------------------------------------------------------------------------------
 
 

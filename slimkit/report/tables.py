@@ -57,9 +57,12 @@ def to_markdown(report: dict[str, Any]) -> str:
 
     Example:
         >>> md = to_markdown({"task": {"data": "digits"}, "baseline": {"size_bytes": 4000},
-        ...                   "result": {"size_bytes": 1000}})
+        ...                   "result": {"size_bytes": 1000},
+        ...                   "environment": {"threads": 2, "simd": ["avx2", "fma"]}})
         >>> md.splitlines()[0], "| smaller on disk | 4.00x |" in md
         ('# slimkit report: digits', True)
+        >>> md.splitlines()[-1]
+        'Environment: threads 2, simd avx2 fma'
     """
     task = report["task"]
     lines = [
@@ -74,7 +77,8 @@ def to_markdown(report: dict[str, Any]) -> str:
     lines += ["| " + " | ".join(r) + " |" for r in rows(report)]
     lines += ["", "| ratio (baseline / result) | value |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in ratios(report).items()]
-    env = report.get("environment", {})
+    env = {k: " ".join(v) if isinstance(v, list) else v
+           for k, v in report.get("environment", {}).items()}  # fmt: skip
     lines += ["", "Environment: " + ", ".join(f"{k} {v}" for k, v in env.items()), ""]
     return "\n".join(lines)
 
