@@ -81,11 +81,12 @@ def train(
     config = _validated(
         TrainConfig, epochs=epochs, seed=seed, lr=lr, optimizer=optimizer, batch_size=batch_size
     )
-    if not Path(model).exists():
+    from_file = Path(model).exists()
+    if not from_file:
         model_factory(model)  # a mistyped name fails before the data set loads
     dataset = load_data(data, data_dir)
     seed_everything(seed)
-    if Path(model).exists():
+    if from_file:
         net = load_model(model)
     else:
         net = build_model(model, dataset.input_shape, dataset.num_classes)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import platform
 from pathlib import Path
@@ -25,13 +26,13 @@ SIMD_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "
 CPUINFO = Path("/proc/cpuinfo")
 
 
+@functools.cache  # read once: the name and the details come from the same file
 def _cpuinfo(cpuinfo: Path = CPUINFO) -> dict[str, str]:
-    """The first processor's fields of ``/proc/cpuinfo`` (empty off Linux)."""
+    """The fields of ``/proc/cpuinfo`` (empty off Linux): the first processor's where they
+    repeat, and fields after the per-processor blocks too (ARM's ``Hardware``)."""
     fields: dict[str, str] = {}
     if cpuinfo.is_file():
         for line in cpuinfo.read_text(errors="replace").splitlines():
-            if not line.strip() and fields:
-                break
             key, sep, value = line.partition(":")
             if sep:
                 fields.setdefault(key.strip().lower(), value.strip())
