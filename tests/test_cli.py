@@ -108,6 +108,21 @@ def test_recipe_typo_leaves_no_output(tmp_path, bad_input):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize(
+    ("model", "pattern"),
+    [("{name: vgg99}", "unknown model 'vgg99'"), ("{path: gone.safetensors}", "model file")],
+)
+def test_recipe_model_checked_before_data(tmp_path, bad_input, model, pattern):
+    # the data folder is missing too: the model's error must come first
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        f"model: {model}\ndata: {{name: mnist, dir: {tmp_path}/nowhere}}\n"
+        "stages:\n  - kind: train\n"
+    )
+    assert pattern in bad_input("compress", "--recipe", recipe, "--out", tmp_path / "o")
+    assert not (tmp_path / "o").exists()
+
+
 def test_compress_and_resume(tmp_path, cli):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(

@@ -14,7 +14,14 @@ from slimkit.data import Dataset, load_data
 from slimkit.errors import SlimkitError
 from slimkit.io import atomic_path, check_output
 from slimkit.measure import count_nonzero, count_params, evaluate, file_size, measure
-from slimkit.models import build_model, load_checkpoint, load_model, save_checkpoint, spec_of
+from slimkit.models import (
+    build_model,
+    load_checkpoint,
+    load_model,
+    model_factory,
+    save_checkpoint,
+    spec_of,
+)
 from slimkit.recipe.schema import Recipe
 from slimkit.recipe.stage import StageContext
 from slimkit.report import build_report, write_report
@@ -45,6 +52,7 @@ def run_recipe(
         True
     """
     out = Path(out_dir)
+    _check_model_source(recipe)
     data = _load_data(recipe)
     seed_everything(recipe.seed)
     model = _initial_model(recipe, data)
@@ -78,8 +86,18 @@ def load_recipe_inputs(recipe: Recipe) -> tuple[Dataset, nn.Module]:
         >>> data.input_shape, model(data.test.x[:2]).shape
         ((1, 8, 8), torch.Size([2, 10]))
     """
+    _check_model_source(recipe)
     data = _load_data(recipe)
     return data, _initial_model(recipe, data)
+
+
+def _check_model_source(recipe: Recipe) -> None:
+    # a mistyped model name or a missing file fails before the data set loads
+    section = recipe.model
+    if section.path is None:
+        model_factory(section.name)
+    elif not Path(section.path).is_file():
+        raise SlimkitError(f"model file {section.path} does not exist")
 
 
 def _load_data(recipe: Recipe) -> Dataset:
