@@ -107,6 +107,8 @@ def test_pickled_checkpoint_refused(tmp_path, bad_input):
          "unknown model 'vgg99'"),
         ("model: {path: gone.safetensors}\ndata: {name: mnist, dir: nowhere}\n"
          "stages:\n  - kind: train\n", "model file"),
+        ("model: {path: r.yaml}\ndata: {name: mnist, dir: nowhere}\n"
+         "stages:\n  - kind: train\n", "unrecognised model file"),
     ],
 )  # fmt: skip
 def test_bad_recipe_is_one_line_and_leaves_no_output(tmp_path, bad_input, recipe, pattern):

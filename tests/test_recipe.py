@@ -1,10 +1,13 @@
 import json
 
 import pytest
+import torch
 
 from slimkit.errors import SlimkitError
+from slimkit.models import build_model, load_checkpoint
 from slimkit.recipe import STAGES, Recipe, run_recipe
 from slimkit.recipe.stage import Stage
+from slimkit.train import seed_everything
 
 BASE = {"model": {"name": "mlp", "kwargs": {"hidden": [32]}}, "data": {"name": "digits"}}
 
@@ -87,6 +90,16 @@ def test_pipeline_writes_report_and_checkpoints(tmp_path):
     ):
         assert (out / name).exists(), name
     assert json.loads((out / "report.json").read_text())["task"]["data"] == "digits"
+
+
+def test_baseline_is_the_initial_model_when_no_stage_trains(tmp_path):
+    """With no leading train stage, the baseline is the model the stages started from."""
+    run_recipe(recipe({"kind": "prune", "sparsity": 0.5}, seed=3), tmp_path / "out", quiet=True)
+    seed_everything(3)
+    initial = build_model("mlp", (1, 8, 8), 10, hidden=[32]).state_dict()
+    baseline = load_checkpoint(tmp_path / "out" / "baseline.safetensors").state_dict()
+    assert initial.keys() == baseline.keys()
+    assert all(torch.equal(initial[k], baseline[k]) for k in initial)
 
 
 def test_existing_output_needs_force(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 import time
@@ -52,10 +53,11 @@ def run_recipe(
         True
     """
     out = Path(out_dir)
-    _check_model_source(recipe)
+    model_file = _load_model_file(recipe)
     data = _load_data(recipe)
     seed_everything(recipe.seed)
-    model = _initial_model(recipe, data)
+    model = _initial_model(recipe, data, model_file)
+    baseline = copy.deepcopy(model)  # unless leading train stages make one
     _prepare_out(recipe, out, resume, force)
     entries, artifact, baseline_path = [], None, None
     leading = True
@@ -73,7 +75,9 @@ def run_recipe(
         leading = leading and stage.makes_baseline
         if leading:
             baseline_path = stage_dir / "model.safetensors"
-    return _finish(recipe, data, model, out, entries, artifact, baseline_path)
+    if baseline_path is not None:
+        baseline = load_checkpoint(baseline_path, allow_import=True)
+    return _finish(recipe, data, model, out, entries, artifact, baseline)
 
 
 def load_recipe_inputs(recipe: Recipe) -> tuple[Dataset, nn.Module]:
@@ -86,18 +90,21 @@ def load_recipe_inputs(recipe: Recipe) -> tuple[Dataset, nn.Module]:
         >>> data.input_shape, model(data.test.x[:2]).shape
         ((1, 8, 8), torch.Size([2, 10]))
     """
-    _check_model_source(recipe)
+    model_file = _load_model_file(recipe)
     data = _load_data(recipe)
-    return data, _initial_model(recipe, data)
+    return data, _initial_model(recipe, data, model_file)
 
 
-def _check_model_source(recipe: Recipe) -> None:
-    # a mistyped model name or a missing file fails before the data set loads
+def _load_model_file(recipe: Recipe) -> nn.Module | None:
+    """The recipe's model file, or None for a zoo model. Called before the data set loads, so a
+    mistyped zoo name or a missing or foreign file fails first."""
     section = recipe.model
     if section.path is None:
         model_factory(section.name)
-    elif not Path(section.path).is_file():
-        raise SlimkitError(f"model file {section.path} does not exist")
+        return None
+    model = load_model(section.path)
+    spec_of(model)  # recipes checkpoint every stage, so the model must be a slimkit checkpoint
+    return model
 
 
 def _load_data(recipe: Recipe) -> Dataset:
@@ -112,13 +119,11 @@ def _load_data(recipe: Recipe) -> Dataset:
     )
 
 
-def _initial_model(recipe: Recipe, data: Dataset) -> nn.Module:
+def _initial_model(recipe: Recipe, data: Dataset, model_file: nn.Module | None) -> nn.Module:
+    if model_file is not None:
+        return model_file
     section = recipe.model
-    if section.path is None:
-        return build_model(section.name, data.input_shape, data.num_classes, **section.kwargs)
-    model = load_model(section.path)
-    spec_of(model)  # recipes checkpoint every stage, so the model must be a slimkit checkpoint
-    return model
+    return build_model(section.name, data.input_shape, data.num_classes, **section.kwargs)
 
 
 def _prepare_out(recipe: Recipe, out: Path, resume: bool, force: bool) -> None:
@@ -171,11 +176,7 @@ def _run_stage(stage, section, model, data, out, stage_dir, recipe, quiet):
     return model, entry
 
 
-def _finish(recipe, data, model, out, entries, artifact, baseline_path) -> dict[str, Any]:
-    if baseline_path is None:
-        baseline_model = _initial_model(recipe, data)
-    else:
-        baseline_model = load_checkpoint(baseline_path, allow_import=True)
+def _finish(recipe, data, model, out, entries, artifact, baseline_model) -> dict[str, Any]:
     base_file = save_checkpoint(baseline_model, out / "baseline.safetensors")
     final_file = save_checkpoint(model, out / "model.safetensors")
     baseline = measure(
