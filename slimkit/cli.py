@@ -81,14 +81,13 @@ def train(
     config = _validated(
         TrainConfig, epochs=epochs, seed=seed, lr=lr, optimizer=optimizer, batch_size=batch_size
     )
-    from_file = Path(model).exists()
-    if not from_file:
-        model_factory(model)  # a mistyped name fails before the data set loads
+    # a bad model file or a mistyped name fails before the data set loads
+    net = load_model(model) if Path(model).exists() else None
+    if net is None:
+        model_factory(model)
     dataset = load_data(data, data_dir)
     seed_everything(seed)
-    if from_file:
-        net = load_model(model)
-    else:
+    if net is None:
         net = build_model(model, dataset.input_shape, dataset.num_classes)
     result = fit(net, dataset, config, quiet=quiet)
     save_checkpoint(net, out)

@@ -23,7 +23,6 @@ mean >= 0.998 and min >= 0.99; aim 3x.
 from __future__ import annotations
 
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -90,8 +89,7 @@ def _torch_ao_peer(embedder: torch.nn.Module, batches: list, reference: np.ndarr
 
     from slimkit.quant.transformer import embed
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with quiet():  # torch.ao's deprecation warning: this peer is measured, not built on
         model = quantize_dynamic(copy.deepcopy(embedder), {torch.nn.Linear}, dtype=torch.qint8)
     tick = time.perf_counter()
     out = embed(model, batches).numpy()
