@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from slimkit.errors import SlimkitError
+from slimkit.quant.hooks import watch_inputs
 
 
 @dataclass
@@ -57,28 +58,17 @@ def input_absmax(
         [1.0, 3.0]
     """
     stats: dict[str, torch.Tensor] = {}
-    handles = []
-    for name in layers:
 
-        def hook(module: nn.Module, args: tuple, name: str = name) -> None:
-            rows = args[0].detach().reshape(-1, args[0].shape[-1]).float()
-            x = rows.abs().amax(0)
-            stats[name] = x if name not in stats else torch.maximum(stats[name], x)
-            if samples is not None:
-                kept = samples.setdefault(name, [])
-                if sum(len(r) for r in kept) < SAMPLE_ROWS:
-                    kept.append(rows)
+    def visit(name: str, layer: nn.Module, x: torch.Tensor) -> None:
+        rows = x.reshape(-1, x.shape[-1]).float()
+        peak = rows.abs().amax(0)
+        stats[name] = peak if name not in stats else torch.maximum(stats[name], peak)
+        if samples is not None:
+            kept = samples.setdefault(name, [])
+            if sum(len(r) for r in kept) < SAMPLE_ROWS:
+                kept.append(rows)
 
-        handles.append(model.get_submodule(name).register_forward_pre_hook(hook))
-    try:
-        with torch.no_grad():
-            run(model)
-    finally:
-        for handle in handles:
-            handle.remove()
-    missing = [name for name in layers if name not in stats]
-    if missing:
-        raise SlimkitError(f"calibration never reached layers {missing[:3]}")
+    watch_inputs(model, layers, run, visit)
     return stats
 
 
