@@ -557,6 +557,68 @@ def test_weight_only_packed_file_shrinks_and_loads(digits, tmp_path, bits, group
     torch.testing.assert_close(loaded(digits.test.x[:16]), q(digits.test.x[:16]))
 
 
+def test_gptq_weight_only_moves_the_output_less_than_nearest(trained_cnn, digits, tmp_path):
+    x = digits.test.x[:256]
+    with torch.no_grad():
+        target = trained_cnn(x)
+    int4 = {"mode": "weight-only", "weight_bits": 4, "group_size": 32}
+    nearest = quantize(trained_cnn, int4)
+    gptq = quantize(trained_cnn, int4, digits, weight_rounding="gptq", calibration_batches=4)
+    with torch.no_grad():
+        errors = [float(((q(x) - target) ** 2).mean()) for q in (nearest, gptq)]
+    assert errors[1] < 0.5 * errors[0]  # convs (unfolded) and Linears alike
+    assert evaluate(gptq, digits.test) >= evaluate(nearest, digits.test) - 0.01
+    loaded = load_packed(save_packed(gptq, tmp_path / "g.safetensors"))  # GPTQ's grid is stored
+    torch.testing.assert_close(loaded(x), gptq(x))
+
+
+def test_weight_only_file_of_a_foreign_model_loads_into_its_architecture(tmp_path):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 4))  # not a zoo model
+    q = quantize(net, mode="weight-only", weight_bits=4, group_size=32)
+    path = save_packed(q, tmp_path / "n.safetensors")
+    with pytest.raises(SlimkitError, match="pass its float architecture"):
+        load_packed(path)
+    x = torch.randn(8, 64)
+    torch.testing.assert_close(load_packed(path, net)(x), q(x))
+    with pytest.raises(SlimkitError, match="does not fit the given model"):
+        load_packed(path, nn.Sequential(nn.Linear(64, 4)))
+
+
+def test_gptq_rounds_to_nearest_when_inputs_are_independent():
+    from slimkit.quant.gptq import gptq_codes
+
+    torch.manual_seed(0)
+    w, scale = torch.randn(8, 16), torch.full((8, 16), 0.1)
+    nearest = torch.clamp(torch.round(w / scale), -8, 7)
+    diagonal = torch.diag(torch.rand(16) + 0.5)  # no correlation: no error worth spreading
+    assert torch.equal(gptq_codes(w, diagonal, scale, 4).float(), nearest)
+    correlated = torch.ones(16, 16) + 0.01 * torch.eye(16)
+    codes = gptq_codes(w, correlated, scale, 4).float()
+    assert not torch.equal(codes, nearest)
+    # inputs that always agree: only the sum of each row matters, and GPTQ keeps it closer
+    gap = [((c * 0.1).sum(1) - w.sum(1)).abs().max() for c in (codes, nearest)]
+    assert gap[0] < gap[1]
+
+
+def test_gptq_conv_rows_match_the_flattened_weight():
+    from slimkit.quant.gptq import _input_rows
+
+    conv = nn.Conv2d(3, 4, 3, stride=2, padding=1, bias=False)
+    x = torch.randn(2, 3, 9, 9)
+    rows = _input_rows(conv, x)
+    expected = conv(x).permute(0, 2, 3, 1).reshape(-1, 4)
+    torch.testing.assert_close(rows @ conv.weight.reshape(4, -1).T, expected.detach())
+
+
+def test_gptq_needs_weight_only_and_data(digits):
+    model = build_model("mlp", digits.input_shape, 10)
+    with pytest.raises(SlimkitError, match="applies to mode 'weight-only' only"):
+        quantize(model, mode="dynamic", weight_rounding="gptq")
+    with pytest.raises(SlimkitError, match="needs calibration data"):
+        quantize(model, mode="weight-only", weight_rounding="gptq")
+
+
 def test_qat_improves_over_ptq_at_low_bits(digits):
     torch.manual_seed(0)
     model = build_model("mlp", digits.input_shape, 10, hidden=(64,))

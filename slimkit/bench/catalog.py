@@ -8,6 +8,7 @@ BENCHMARK_MODULES = (
     "slimkit.bench.kd_mnist",  # kd-mnist
     "slimkit.bench.ptq_lenet5",  # ptq-lenet5
     "slimkit.bench.minilm_int8",  # minilm-int8
+    "slimkit.bench.minilm_int4",  # minilm-int4
     "slimkit.bench.automl_sklearn",  # automl-sklearn
     "slimkit.bench.deep_compression",  # deep-compression-lenet300, deep-compression-lenet5
     "slimkit.bench.nas_fashion",  # nas-fashion

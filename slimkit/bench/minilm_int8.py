@@ -73,11 +73,27 @@ def _time_sessions(sessions: dict[str, Any], batches: list) -> dict[str, float]:
     return best
 
 
-def _fidelity(embeddings: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+def cosine_summary(embeddings: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+    """Mean and min cosine per sentence between two sets of embeddings (minilm-int4 too)."""
     from slimkit.quant.transformer import cosine
 
     c = cosine(embeddings, reference)
     return {"cosine_mean": round(float(c.mean()), 6), "cosine_min": round(float(c.min()), 6)}
+
+
+def sst2_minilm(ctx: BenchContext, calibration: int) -> tuple[list[str], Any, list, list]:
+    """(dev sentences, MiniLM, their batches, batches of the first ``calibration`` training
+    sentences), seeded and on ``ctx.threads`` threads: the set-up of both MiniLM benchmarks."""
+    from slimkit.quant.transformer import load_minilm, tokenize
+
+    sst2 = ctx.data_path("sst2")
+    sentences, _ = read_tsv(sst2 / "dev.tsv")
+    train, _ = read_tsv(sst2 / "train_full.tsv")
+    torch.manual_seed(ctx.seed)
+    torch.set_num_threads(ctx.threads)
+    embedder, tokenizer = load_minilm()
+    batches = tokenize(tokenizer, sentences, BATCH)
+    return sentences, embedder, batches, tokenize(tokenizer, train[:calibration], BATCH)
 
 
 def _torch_ao_peer(embedder: torch.nn.Module, batches: list, reference: np.ndarray):
@@ -96,8 +112,8 @@ def _torch_ao_peer(embedder: torch.nn.Module, batches: list, reference: np.ndarr
     seconds = time.perf_counter() - tick
     return {
         "name": "torch.ao quantize_dynamic",
-        "fidelity": _fidelity(out, reference),
-        "metric": _fidelity(out, reference)["cosine_mean"],
+        "fidelity": cosine_summary(out, reference),
+        "metric": cosine_summary(out, reference)["cosine_mean"],
         "seconds_torch": round(seconds, 3),
     }
 
@@ -111,20 +127,11 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         embed_onnx,
         export_embedder,
         export_quantized_embedder,
-        load_minilm,
         quantize_embedder,
-        tokenize,
     )
 
     start = time.perf_counter()
-    sst2 = ctx.data_path("sst2")
-    sentences, _ = read_tsv(sst2 / "dev.tsv")
-    train, _ = read_tsv(sst2 / "train_full.tsv")
-    torch.manual_seed(ctx.seed)
-    torch.set_num_threads(ctx.threads)
-    embedder, tokenizer = load_minilm()
-    batches = tokenize(tokenizer, sentences, BATCH)
-    calibration = tokenize(tokenizer, train[:CALIBRATION], BATCH)
+    sentences, embedder, batches, calibration = sst2_minilm(ctx, CALIBRATION)
     work = ctx.work_dir
     float_path = export_embedder(embedder, work / "minilm.float.onnx", batches[0])
     config = QuantConfig(mode="dynamic", **SETTINGS)
@@ -145,7 +152,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     params = sum(p.numel() for p in embedder.parameters())
 
     def measurement(name: str) -> dict[str, Any]:
-        fidelity = _fidelity(outputs[name], reference)
+        fidelity = cosine_summary(outputs[name], reference)
         return {
             "metric": fidelity["cosine_mean"],
             "params": params,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import functools
 import platform
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ FACTORY = "quantized"
 def quantize(
     model: nn.Module,
     config: QuantConfig | dict | None = None,
-    data: Dataset | torch.Tensor | list[torch.Tensor] | None = None,
+    data: Dataset | torch.Tensor | list[torch.Tensor] | list[dict] | None = None,
     **overrides: Any,
 ) -> nn.Module:
     """Quantize ``model`` as ``config`` says and return the fake-quantized PyTorch model.
@@ -40,8 +41,9 @@ def quantize(
     Args:
         model: A float model (zoo, checkpoint, or any ``nn.Module`` for dynamic/weight-only).
         config: A :class:`QuantConfig`, a dict of its fields, or None for the defaults.
-        data: Calibration data for ``static``/``qat`` (a Dataset, whose training split is
-            used, a tensor of inputs, or a list of batches); ``qat`` and ``accuracy_budget``
+        data: Calibration data for ``static``/``qat`` and for ``weight_rounding="gptq"`` (a
+            Dataset, whose training split is used, a tensor of inputs, or a list of batches;
+            GPTQ also takes a transformer's keyword batches); ``qat`` and ``accuracy_budget``
             need a Dataset.
         **overrides: Fields of the config, e.g. ``mode="dynamic"``.
 
@@ -63,6 +65,10 @@ def quantize(
 
     prepare = prepare_dynamic if cfg.mode == "dynamic" else prepare_weight_only
     quantized = prepare(copy.deepcopy(model).eval(), cfg)
+    if cfg.weight_rounding == "gptq":
+        from slimkit.quant.weight_only import gptq_round
+
+        gptq_round(quantized, _feed(_gptq_batches(data, cfg)))
     _remember(quantized, model, cfg, [])
     return quantized
 
@@ -227,6 +233,25 @@ def _static(model: nn.Module, cfg: QuantConfig, data: Any) -> nn.Module:
         float_layers = keep_sensitive_float(gm, plan, model, _dataset(data, "accuracy_budget"), cfg)
     _remember(gm, model, cfg, float_layers, plan.folded)
     return gm
+
+
+def _gptq_batches(data: Any, cfg: QuantConfig) -> list[Any]:
+    """Calibration batches for GPTQ: input tensors, or a transformer's keyword batches."""
+    if data is None:
+        raise SlimkitError(
+            "weight_rounding 'gptq' needs calibration data: pass a Dataset or input batches"
+        )
+    if isinstance(data, list) and data and all(isinstance(b, Mapping) for b in data):
+        return data[: cfg.calibration_batches]
+    return calibration_batches(data, cfg)
+
+
+def _feed(batches: list[Any]) -> Callable[[nn.Module], None]:
+    def run(model: nn.Module) -> None:
+        for batch in batches:
+            model(**batch) if isinstance(batch, Mapping) else model(batch)
+
+    return run
 
 
 def _dataset(data: Any, what: str) -> Dataset:

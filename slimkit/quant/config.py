@@ -11,6 +11,7 @@ from slimkit.quant.observers import OBSERVERS
 
 Mode = Literal["static", "dynamic", "weight-only", "qat"]
 Granularity = Literal["tensor", "token"]
+Rounding = Literal["nearest", "gptq"]
 
 
 class QuantConfig(BaseModel):
@@ -26,6 +27,8 @@ class QuantConfig(BaseModel):
         BERT-style sentence embedders, moving the FFN's outlier neurons to float,
         :mod:`slimkit.quant.outliers`, is faster).
         ``weight-only``: int8 or group-wise int4 weights, float compute; saved packed.
+        ``weight_rounding="gptq"`` chooses the codes by GPTQ on ``calibration_batches``
+        batches of data (:mod:`slimkit.quant.gptq`) instead of rounding each to nearest.
         ``qat``: ``static``, then ``qat_epochs`` of fine-tuning through the fake quantizers.
 
     Example:
@@ -49,6 +52,7 @@ class QuantConfig(BaseModel):
     calibration_batches: int = Field(8, ge=1)
     batch_size: int = Field(64, ge=1)
     group_size: Literal[32, 64, 128] | None = None
+    weight_rounding: Rounding = Field("nearest", description="weight-only: nearest or gptq")
     reduce_range: bool | Literal["auto"] = "auto"
     skip: list[str] = Field(default_factory=list, description="layer names/patterns kept float")
     quantize_output: bool = True
@@ -85,6 +89,8 @@ class QuantConfig(BaseModel):
             raise ValueError("group_size applies to mode 'weight-only' only")
         if self.granularity == "token" and self.mode != "dynamic":
             raise ValueError("granularity 'token' applies to mode 'dynamic' only")
+        if self.weight_rounding == "gptq" and self.mode != "weight-only":
+            raise ValueError("weight_rounding 'gptq' applies to mode 'weight-only' only")
         if self.mode == "weight-only" and self.weight_bits not in (4, 8):
             raise ValueError("weight-only quantization stores 8- or 4-bit weights")
         return self

@@ -9,8 +9,10 @@ on disk really shrink; :func:`load_packed` rebuilds a runnable float model from 
 
 from __future__ import annotations
 
+import copy
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -25,18 +27,15 @@ FORMAT = "slimkit-packed"
 LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
 
-def group_quantize(
-    w: torch.Tensor, bits: int, group_size: int | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric integer codes and scales of a 2-D weight ``[out, in]``.
-
-    ``group_size=None``: one scale per output row; else one per ``group_size`` inputs (the input
-    dimension is zero-padded to a multiple of it). Codes lie in ``[-(2^(b-1)-1), 2^(b-1)-1]``.
+def group_scales(w: torch.Tensor, bits: int, group_size: int | None) -> torch.Tensor:
+    """Scales ``[out, groups]`` of a 2-D weight ``[out, in]``: each group's largest-magnitude
+    weight maps to the most negative code, -2^(b-1) (the scale takes the opposite sign), so all
+    2^b codes are used, as llama.cpp's Q4_0 and ONNX Runtime's symmetric int4 do: steps of
+    max/8 at 4 bits, not max/7. ``group_size=None``: one group per output row.
 
     Example:
-        >>> q, s = group_quantize(torch.tensor([[0.5, -1.0, 0.25, 0.0]]), 4, 2)
-        >>> q.tolist(), s.shape
-        ([[4, -7, 7, 0]], torch.Size([1, 2]))
+        >>> (group_scales(torch.tensor([[0.5, -1.0, 0.25, 0.0]]), 4, 2) * 8).tolist()
+        [[1.0, -0.25]]
     """
     out_features, in_features = w.shape
     size = group_size or in_features
@@ -44,12 +43,52 @@ def group_quantize(
     padded = torch.zeros(out_features, groups * size, dtype=torch.float32)
     padded[:, :in_features] = w.float()
     blocks = padded.reshape(out_features, groups, size)
-    qmax = 2 ** (bits - 1) - 1
+    peak = blocks.gather(2, blocks.abs().argmax(2, keepdim=True)).squeeze(2)
+    scale = peak / -(2 ** (bits - 1))
+    scale = torch.where(scale.abs() < 1e-7, torch.full_like(scale, 1e-7), scale)
     # Scales are stored as float16; rounding them here keeps the fake-quantized model identical
     # to what loads back from the file.
-    scale = (blocks.abs().amax(2) / qmax).clamp(min=1e-7).half().float()
-    codes = torch.clamp(torch.round(blocks / scale[..., None]), -qmax, qmax)
-    return codes.reshape(out_features, -1)[:, :in_features].to(torch.int8), scale
+    return scale.half().float()
+
+
+def expand_scales(scale: torch.Tensor, group_size: int | None, in_features: int) -> torch.Tensor:
+    """Scales ``[out, groups]`` repeated to one per weight ``[out, in]``.
+
+    Example:
+        >>> expand_scales(torch.tensor([[1.0, 2.0]]), 2, 3).tolist()
+        [[1.0, 1.0, 2.0]]
+    """
+    return scale.repeat_interleave(group_size or in_features, dim=1)[:, :in_features]
+
+
+def group_codes(w: torch.Tensor, scale: torch.Tensor, bits: int, group_size: int | None):
+    """Integer codes in ``[-2^(b-1), 2^(b-1)-1]`` of a 2-D weight on the grid ``scale``,
+    rounded to nearest.
+
+    Example:
+        >>> group_codes(torch.tensor([[0.5, -1.0]]), torch.tensor([[0.25]]), 4, None).tolist()
+        [[2, -4]]
+    """
+    step = expand_scales(scale, group_size, w.shape[1])
+    codes = torch.clamp(torch.round(w.float() / step), -(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
+    return codes.to(torch.int8)
+
+
+def group_quantize(
+    w: torch.Tensor, bits: int, group_size: int | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric integer codes and scales of a 2-D weight ``[out, in]``, rounded to nearest.
+
+    ``group_size=None``: one scale per output row; else one per ``group_size`` inputs (the last
+    group may be shorter). Codes lie in ``[-2^(b-1), 2^(b-1)-1]`` (:func:`group_scales`).
+
+    Example:
+        >>> q, s = group_quantize(torch.tensor([[0.5, -1.0, 0.25, 0.0]]), 4, 2)
+        >>> q.tolist(), s.shape
+        ([[4, -8, -8, 0]], torch.Size([1, 2]))
+    """
+    scale = group_scales(w, bits, group_size)
+    return group_codes(w, scale, bits, group_size), scale
 
 
 def group_dequantize(codes: torch.Tensor, scale: torch.Tensor, group_size: int | None):
@@ -57,13 +96,10 @@ def group_dequantize(codes: torch.Tensor, scale: torch.Tensor, group_size: int |
 
     Example:
         >>> codes, scale = group_quantize(torch.tensor([[0.5, -1.0, 0.25, 0.0]]), 4, 2)
-        >>> [round(v, 3) for v in group_dequantize(codes, scale, 2)[0].tolist()]
-        [0.571, -1.0, 0.25, 0.0]
+        >>> group_dequantize(codes, scale, 2).abs().tolist()  # abs: 0 * negative scale is -0.0
+        [[0.5, 1.0, 0.25, 0.0]]
     """
-    in_features = codes.shape[1]
-    size = group_size or in_features
-    repeat = scale.repeat_interleave(size, dim=1)[:, :in_features]
-    return codes.float() * repeat
+    return codes.float() * expand_scales(scale, group_size, codes.shape[1])
 
 
 def pack_int4(codes: torch.Tensor) -> torch.Tensor:
@@ -98,26 +134,36 @@ def unpack_int4(packed: torch.Tensor, length: int) -> torch.Tensor:
 class GroupWeightQuant(nn.Module):
     """Parametrization: the weight as its group-wise (or per-row) quantized value.
 
+    The grid follows the weight (rounding to nearest) until :func:`gptq_round` fixes it
+    (``scale``) and chooses the codes on it.
+
     Example:
         >>> from torch.nn.utils import parametrize
         >>> layer = nn.Linear(4, 1, bias=False)
         >>> with torch.no_grad():
         ...     _ = layer.weight.copy_(torch.tensor([[0.5, -1.0, 0.25, 0.0]]))
         >>> _ = parametrize.register_parametrization(layer, "weight", GroupWeightQuant(4, 2))
-        >>> [round(v, 3) for v in layer.weight[0].tolist()]  # 4-bit steps of 1/7 in group 0
-        [0.571, -1.0, 0.25, 0.0]
+        >>> [round(v, 3) for v in layer.weight[0].tolist()]  # 4-bit steps of 1/8 in group 0
+        [0.5, -1.0, 0.25, 0.0]
     """
 
     def __init__(self, bits: int, group_size: int | None) -> None:
         super().__init__()
         self.bits, self.group_size = bits, group_size
         self.mode = "quant"
+        self.register_buffer("scale", None, persistent=False)  # fixed grid, once GPTQ ran
+
+    def encode(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(codes, scales) of the weight ``w``, flattened to ``[out, in]``: what is stored."""
+        flat = w.detach().reshape(w.shape[0], -1)
+        if self.scale is None:
+            return group_quantize(flat, self.bits, self.group_size)
+        return group_codes(flat, self.scale, self.bits, self.group_size), self.scale
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         if self.mode != "quant":
             return w
-        flat = w.reshape(w.shape[0], -1)
-        codes, scale = group_quantize(flat.detach(), self.bits, self.group_size)
+        codes, scale = self.encode(w)
         dequant = group_dequantize(codes, scale, self.group_size).reshape(w.shape)
         return w + (dequant - w).detach()  # straight-through: trainable if fine-tuned
 
@@ -144,11 +190,57 @@ def prepare_weight_only(model: nn.Module, cfg: QuantConfig) -> nn.Module:
     return model
 
 
+def gptq_round(model: nn.Module, run: Callable[[nn.Module], None]) -> list[str]:
+    """Choose the codes of a :func:`prepare_weight_only` model by GPTQ (:mod:`slimkit.quant.gptq`)
+    on the calibration data that ``run(model)`` feeds; the grids stay those of rounding to
+    nearest. Returns the layers re-rounded (Linears, and Conv2d without groups).
+
+    Example:
+        >>> torch.manual_seed(0) and None
+        >>> x = torch.randn(256, 64) * torch.linspace(0.1, 3, 64)  # inputs of unequal size
+        >>> cfg = QuantConfig(mode="weight-only", weight_bits=4, group_size=32)
+        >>> net = prepare_weight_only(nn.Sequential(nn.Linear(64, 16)), cfg)
+        >>> with torch.no_grad():
+        ...     target, nearest = net[0].parametrizations.weight.original @ x.T, net(x).T
+        ...     gptq_round(net, lambda m: m(x))
+        ...     rounded = net(x).T
+        ['0']
+        >>> bool(((rounded - target) ** 2).sum() < ((nearest - target) ** 2).sum())
+        True
+    """
+    from slimkit.progress import track
+    from slimkit.quant.gptq import gptq_codes, input_hessians, supports
+
+    quants = {
+        name: layer.parametrizations.weight[0]
+        for name, layer in model.named_modules()
+        if parametrize.is_parametrized(layer, "weight") and supports(layer)
+    }
+    for quant in quants.values():  # the float layers' inputs, as the paper's H
+        quant.mode = "off"
+    try:
+        hessians = input_hessians(model, list(quants), run)
+    finally:
+        for quant in quants.values():
+            quant.mode = "quant"
+    for name, quant in track(quants.items(), "GPTQ", total=len(quants)):
+        original = model.get_submodule(name).parametrizations.weight.original
+        flat = original.detach().reshape(original.shape[0], -1)
+        scale = group_scales(flat, quant.bits, quant.group_size)
+        step = expand_scales(scale, quant.group_size, flat.shape[1])
+        codes = gptq_codes(flat, hessians[name], step, quant.bits)
+        quant.scale = scale
+        with torch.no_grad():
+            original.copy_(group_dequantize(codes, scale, quant.group_size).reshape(original.shape))
+    return list(quants)
+
+
 def save_packed(model: nn.Module, path: str | Path) -> Path:
     """Write a weight-only quantized model as packed integers + scales in one safetensors file.
 
-    Other tensors (biases, norms) stay float32. The architecture spec travels in the metadata,
-    as in slimkit checkpoints, so :func:`load_packed` needs nothing else.
+    Other tensors (biases, norms) stay float32. The architecture spec of a slimkit model travels
+    in the metadata, as in slimkit checkpoints, so :func:`load_packed` needs nothing else; any
+    other model (a Hugging Face transformer) loads back into its float architecture.
 
     Example:
         >>> import tempfile
@@ -163,19 +255,19 @@ def save_packed(model: nn.Module, path: str | Path) -> Path:
     from safetensors.torch import save_file
 
     from slimkit.models import spec_of
+    from slimkit.models.spec import SPEC_ATTR
     from slimkit.quant.api import quant_info
 
     info = quant_info(model)
     if info is None or info["config"]["mode"] != "weight-only":
         raise SlimkitError("save_packed stores weight-only quantized models (mode 'weight-only')")
-    spec = spec_of(model).kwargs["base"]
     tensors, layers = {}, {}
     quantized = {n for n, m in model.named_modules() if parametrize.is_parametrized(m, "weight")}
     for name in quantized:
         layer = model.get_submodule(name)
         quant = layer.parametrizations.weight[0]
         w = layer.parametrizations.weight.original.detach()
-        codes, scale = group_quantize(w.reshape(w.shape[0], -1), quant.bits, quant.group_size)
+        codes, scale = quant.encode(w)
         packed = pack_int4(codes) if quant.bits == 4 else codes
         tensors[f"{name}.weight.packed"] = packed.contiguous()
         tensors[f"{name}.weight.scale"] = scale.to(torch.float16).contiguous()
@@ -183,15 +275,20 @@ def save_packed(model: nn.Module, path: str | Path) -> Path:
     for key, value in model.state_dict().items():
         if ".parametrizations." not in key:
             tensors[key] = value.detach().contiguous().clone()
-    metadata = {"format": FORMAT, "spec": json.dumps(spec), "layers": json.dumps(layers)}
+    metadata = {"format": FORMAT, "layers": json.dumps(layers)}
+    if getattr(model, SPEC_ATTR, None) is not None:
+        metadata["spec"] = json.dumps(spec_of(model).kwargs["base"])
     path = Path(path)
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
     return path
 
 
-def load_packed(path: str | Path) -> nn.Module:
+def load_packed(path: str | Path, model: nn.Module | None = None) -> nn.Module:
     """Rebuild a float model from :func:`save_packed`'s file (weights dequantized), in eval mode.
+
+    ``model``: the float architecture to fill (copied, not changed), for a model slimkit did
+    not build; a slimkit model's file carries its own.
 
     Example:
         >>> import tempfile
@@ -214,7 +311,15 @@ def load_packed(path: str | Path) -> nn.Module:
         raise SlimkitError(f"{path}: not a readable safetensors file ({exc})") from None
     if metadata.get("format") != FORMAT:
         raise SlimkitError(f"{path}: not a packed weight-only file written by slimkit")
-    model = model_from_spec(ModelSpec(**json.loads(metadata["spec"])))
+    if model is not None:
+        model = copy.deepcopy(model)
+    elif "spec" in metadata:
+        model = model_from_spec(ModelSpec(**json.loads(metadata["spec"])))
+    else:
+        raise SlimkitError(
+            f"{path}: holds a model slimkit did not build; pass its float architecture "
+            "(load_packed(path, model))"
+        )
     state = {k: v for k, v in tensors.items() if not k.endswith((".packed", ".scale"))}
     for name, layer in json.loads(metadata["layers"]).items():
         shape, bits, group = layer["shape"], layer["bits"], layer["group"]
@@ -225,5 +330,9 @@ def load_packed(path: str | Path) -> nn.Module:
         state[f"{name}.weight"] = group_dequantize(codes.reshape(rows, cols), scale, group).reshape(
             shape
         )
-    model.load_state_dict(state, strict=True)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        reason = str(exc).splitlines()[1].strip() if "\n" in str(exc) else str(exc)
+        raise SlimkitError(f"{path}: does not fit the given model ({reason})") from None
     return model.eval()
