@@ -655,6 +655,19 @@ def test_quantize_stage_writes_checked_int8_file(trained_cnn, digits, tmp_path):
     assert quant_info(q) is not None
 
 
+def test_quantize_stage_gptq_writes_a_packed_file_that_loads_back(trained_cnn, digits, tmp_path):
+    from slimkit.quant.stage import QuantizeStage
+    from slimkit.recipe import StageContext
+
+    ctx = StageContext(data=digits, out_dir=tmp_path, stage_dir=tmp_path)
+    config = QuantConfig(mode="weight-only", weight_bits=4, group_size=32,
+                         weight_rounding="gptq", calibration_batches=2)  # fmt: skip
+    q = QuantizeStage(config).run(trained_cnn, ctx)
+    assert ctx.artifact.name == "model.packed.safetensors"
+    x = digits.test.x[:16]
+    torch.testing.assert_close(load_packed(ctx.artifact)(x), q(x))
+
+
 # --- bad input ------------------------------------------------------------------------------
 
 
