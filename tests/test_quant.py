@@ -570,6 +570,9 @@ def test_gptq_weight_only_moves_the_output_less_than_nearest(trained_cnn, digits
     assert evaluate(gptq, digits.test) >= evaluate(nearest, digits.test) - 0.01
     loaded = load_packed(save_packed(gptq, tmp_path / "g.safetensors"))  # GPTQ's grid is stored
     torch.testing.assert_close(loaded(x), gptq(x))
+    resumed = load_checkpoint(save_checkpoint(gptq, tmp_path / "g.ckpt.safetensors"))
+    assert quant_info(resumed)["config"]["weight_rounding"] == "gptq"
+    torch.testing.assert_close(resumed(x), gptq(x))  # a recipe resumes with the same codes
 
 
 def test_weight_only_file_of_a_foreign_model_loads_into_its_architecture(tmp_path):

@@ -333,8 +333,8 @@ def quantized_model(
 
             set_float(gm, float_layers)
         quantized = gm
-    else:
-        quantized = quantize(model, cfg)
+    else:  # GPTQ's codes and grid come from the checkpoint's tensors, not a new calibration
+        quantized = quantize(model, cfg.model_copy(update={"weight_rounding": "nearest"}))
     _remember(quantized, model, cfg, float_layers or [])
     return quantized
 

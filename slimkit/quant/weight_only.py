@@ -151,7 +151,13 @@ class GroupWeightQuant(nn.Module):
         super().__init__()
         self.bits, self.group_size = bits, group_size
         self.mode = "quant"
-        self.register_buffer("scale", None, persistent=False)  # fixed grid, once GPTQ ran
+        self.register_buffer("scale", None)  # the fixed grid, once GPTQ ran; checkpoints keep it
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        saved = state_dict.get(prefix + "scale")
+        if saved is not None and (self.scale is None or self.scale.shape != saved.shape):
+            self.scale = torch.empty(saved.shape)  # a checkpoint of GPTQ's grid: room for it
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def encode(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(codes, scales) of the weight ``w``, flattened to ``[out, in]``: what is stored."""
