@@ -604,6 +604,23 @@ def test_gptq_rounds_to_nearest_when_inputs_are_independent():
     assert gap[0] < gap[1]
 
 
+def test_gptq_hessian_leaves_out_padded_positions():
+    from slimkit.quant.gptq import input_hessians
+
+    class Encoder(nn.Module):  # a transformer's calling convention: keyword batches
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj = nn.Linear(2, 1)
+
+        def forward(self, x: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            return self.proj(x)
+
+    x = torch.tensor([[[1.0, 2.0], [3.0, 0.0], [50.0, 50.0]]])  # the last position is padding
+    batch = {"x": x, "attention_mask": torch.tensor([[1, 1, 0]])}
+    h = input_hessians(Encoder(), ["proj"], [batch])["proj"]
+    torch.testing.assert_close(h, torch.tensor([[5.0, 1.0], [1.0, 2.0]], dtype=torch.float64))
+
+
 def test_gptq_conv_rows_match_the_flattened_weight():
     from slimkit.quant.gptq import _input_rows
 

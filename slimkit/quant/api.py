@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 import functools
 import platform
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +68,7 @@ def quantize(
     if cfg.weight_rounding == "gptq":
         from slimkit.quant.weight_only import gptq_round
 
-        gptq_round(quantized, _feed(_gptq_batches(data, cfg)))
+        gptq_round(quantized, _gptq_batches(data, cfg))
     _remember(quantized, model, cfg, [])
     return quantized
 
@@ -244,14 +244,6 @@ def _gptq_batches(data: Any, cfg: QuantConfig) -> list[Any]:
     if isinstance(data, list) and data and all(isinstance(b, Mapping) for b in data):
         return data[: cfg.calibration_batches]
     return calibration_batches(data, cfg)
-
-
-def _feed(batches: list[Any]) -> Callable[[nn.Module], None]:
-    def run(model: nn.Module) -> None:
-        for batch in batches:
-            model(**batch) if isinstance(batch, Mapping) else model(batch)
-
-    return run
 
 
 def _dataset(data: Any, what: str) -> Dataset:

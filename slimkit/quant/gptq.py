@@ -17,7 +17,7 @@ run-time cost is nil. Each layer's ``H`` comes from the float model's inputs
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -52,24 +52,39 @@ def _input_rows(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def input_hessians(
-    model: nn.Module, layers: list[str], run: Callable[[nn.Module], None]
+    model: nn.Module, layers: list[str], batches: list[torch.Tensor | Mapping[str, torch.Tensor]]
 ) -> dict[str, torch.Tensor]:
-    """``E[x x^T]`` over the input rows of each named layer (float64) while ``run(model)``
-    feeds calibration data.
+    """``E[x x^T]`` over the input rows of each named layer (float64) while ``batches`` run
+    through ``model``: input tensors, or a transformer's keyword batches, whose padded
+    positions (``attention_mask`` 0) do not count.
 
     Example:
         >>> net = nn.Sequential(nn.Linear(2, 1))
-        >>> input_hessians(net, ["0"], lambda m: m(torch.tensor([[1.0, 2.0], [3.0, 0.0]])))["0"]
+        >>> input_hessians(net, ["0"], [torch.tensor([[1.0, 2.0], [3.0, 0.0]])])["0"]
         tensor([[5., 1.],
                 [1., 2.]], dtype=torch.float64)
     """
     sums: dict[str, torch.Tensor] = {}
     counts = dict.fromkeys(layers, 0)
+    real: list[torch.Tensor | None] = [None]  # the current batch's real positions, if it says
 
     def visit(name: str, layer: nn.Module, x: torch.Tensor) -> None:
+        mask = real[0]
+        if mask is not None and not isinstance(layer, nn.Conv2d) and x.shape[:-1] == mask.shape:
+            x = x[mask]
         rows = _input_rows(layer, x).float()  # one batch in float32 (fast), the sum in float64
         sums[name] = sums.get(name, 0) + (rows.T @ rows).double()
         counts[name] += len(rows)
+
+    def run(model: nn.Module) -> None:
+        for batch in batches:
+            if isinstance(batch, Mapping):
+                mask = batch.get("attention_mask")
+                real[0] = mask.bool() if mask is not None else None
+                model(**batch)
+            else:
+                real[0] = None
+                model(batch)
 
     watch_inputs(model, layers, run, visit)
     return {name: sums[name] / counts[name] for name in layers}

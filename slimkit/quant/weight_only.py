@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -196,10 +196,12 @@ def prepare_weight_only(model: nn.Module, cfg: QuantConfig) -> nn.Module:
     return model
 
 
-def gptq_round(model: nn.Module, run: Callable[[nn.Module], None]) -> list[str]:
+def gptq_round(model: nn.Module, batches: list[torch.Tensor | Mapping[str, torch.Tensor]]
+               ) -> list[str]:  # fmt: skip
     """Choose the codes of a :func:`prepare_weight_only` model by GPTQ (:mod:`slimkit.quant.gptq`)
-    on the calibration data that ``run(model)`` feeds; the grids stay those of rounding to
-    nearest. Returns the layers re-rounded (Linears, and Conv2d without groups).
+    on calibration ``batches`` (input tensors, or a transformer's keyword batches); the grids
+    stay those of rounding to nearest. Returns the layers re-rounded (Linears, and Conv2d
+    without groups).
 
     Example:
         >>> torch.manual_seed(0) and None
@@ -208,7 +210,7 @@ def gptq_round(model: nn.Module, run: Callable[[nn.Module], None]) -> list[str]:
         >>> net = prepare_weight_only(nn.Sequential(nn.Linear(64, 16)), cfg)
         >>> with torch.no_grad():
         ...     target, nearest = net[0].parametrizations.weight.original @ x.T, net(x).T
-        ...     gptq_round(net, lambda m: m(x))
+        ...     gptq_round(net, [x])
         ...     rounded = net(x).T
         ['0']
         >>> bool(((rounded - target) ** 2).sum() < ((nearest - target) ** 2).sum())
@@ -225,7 +227,7 @@ def gptq_round(model: nn.Module, run: Callable[[nn.Module], None]) -> list[str]:
     for quant in quants.values():  # the float layers' inputs, as the paper's H
         quant.mode = "off"
     try:
-        hessians = input_hessians(model, list(quants), run)
+        hessians = input_hessians(model, list(quants), batches)
     finally:
         for quant in quants.values():
             quant.mode = "quant"
