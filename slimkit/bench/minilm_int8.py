@@ -110,10 +110,11 @@ def _torch_ao_peer(embedder: torch.nn.Module, batches: list, reference: np.ndarr
     tick = time.perf_counter()
     out = embed(model, batches).numpy()
     seconds = time.perf_counter() - tick
+    fidelity = cosine_summary(out, reference)
     return {
         "name": "torch.ao quantize_dynamic",
-        "fidelity": cosine_summary(out, reference),
-        "metric": cosine_summary(out, reference)["cosine_mean"],
+        "fidelity": fidelity,
+        "metric": fidelity["cosine_mean"],
         "seconds_torch": round(seconds, 3),
     }
 

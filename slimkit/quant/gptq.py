@@ -66,10 +66,9 @@ def input_hessians(
     """
     sums: dict[str, torch.Tensor] = {}
     counts = dict.fromkeys(layers, 0)
-    real: list[torch.Tensor | None] = [None]  # the current batch's real positions, if it says
+    mask: torch.Tensor | None = None  # the current batch's real positions, if it says
 
     def visit(name: str, layer: nn.Module, x: torch.Tensor) -> None:
-        mask = real[0]
         if mask is not None and not isinstance(layer, nn.Conv2d) and x.shape[:-1] == mask.shape:
             x = x[mask]
         rows = _input_rows(layer, x).float()  # one batch in float32 (fast), the sum in float64
@@ -77,13 +76,14 @@ def input_hessians(
         counts[name] += len(rows)
 
     def run(model: nn.Module) -> None:
+        nonlocal mask
         for batch in batches:
             if isinstance(batch, Mapping):
-                mask = batch.get("attention_mask")
-                real[0] = mask.bool() if mask is not None else None
+                given = batch.get("attention_mask")
+                mask = given.bool() if given is not None else None
                 model(**batch)
             else:
-                real[0] = None
+                mask = None
                 model(batch)
 
     watch_inputs(model, layers, run, visit)
