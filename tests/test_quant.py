@@ -557,15 +557,22 @@ def test_weight_only_packed_file_shrinks_and_loads(digits, tmp_path, bits, group
     torch.testing.assert_close(loaded(digits.test.x[:16]), q(digits.test.x[:16]))
 
 
-def test_gptq_weight_only_moves_the_output_less_than_nearest(trained_cnn, digits, tmp_path):
-    x = digits.test.x[:256]
+def _int4_nearest_and_gptq(model: nn.Module, digits, x: torch.Tensor):
+    """Weight-only int4 (groups of 32) rounded to nearest and by GPTQ, with each one's mean
+    squared error to the float model's outputs on ``x``."""
     with torch.no_grad():
-        target = trained_cnn(x)
+        target = model(x)
     int4 = {"mode": "weight-only", "weight_bits": 4, "group_size": 32}
-    nearest = quantize(trained_cnn, int4)
-    gptq = quantize(trained_cnn, int4, digits, weight_rounding="gptq", calibration_batches=4)
+    nearest = quantize(model, int4)
+    gptq = quantize(model, int4, digits, weight_rounding="gptq", calibration_batches=4)
     with torch.no_grad():
         errors = [float(((q(x) - target) ** 2).mean()) for q in (nearest, gptq)]
+    return nearest, gptq, errors
+
+
+def test_gptq_weight_only_moves_the_output_less_than_nearest(trained_cnn, digits, tmp_path):
+    x = digits.test.x[:256]
+    nearest, gptq, errors = _int4_nearest_and_gptq(trained_cnn, digits, x)
     assert errors[1] < 0.5 * errors[0]  # convs (unfolded) and Linears alike
     assert evaluate(gptq, digits.test) >= evaluate(nearest, digits.test) - 0.01
     loaded = load_packed(save_packed(gptq, tmp_path / "g.safetensors"))  # GPTQ's grid is stored
@@ -586,6 +593,47 @@ def test_weight_only_file_of_a_foreign_model_loads_into_its_architecture(tmp_pat
     torch.testing.assert_close(load_packed(path, net)(x), q(x))
     with pytest.raises(SlimkitError, match="does not fit the given model"):
         load_packed(path, nn.Sequential(nn.Linear(64, 4)))
+
+
+class _Bag(nn.Module):  # a vocabulary lookup, mean-pooled, then a Linear head
+    def __init__(self) -> None:
+        super().__init__()
+        self.table, self.kinds = nn.Embedding(1000, 64), nn.Embedding(2, 64)
+        self.head = nn.Linear(64, 4)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head((self.table(ids) + self.kinds(ids % 2)).mean(1))
+
+
+def test_weight_only_stores_large_embedding_tables_as_int8_rows(tmp_path):
+    torch.manual_seed(0)
+    net = _Bag().eval()
+    q = quantize(net, mode="weight-only", weight_bits=4, group_size=32)
+    path = save_packed(q, tmp_path / "bag.safetensors")
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        codes = handle.get_tensor("table.weight.packed")
+        assert codes.dtype == torch.int8 and codes.shape == (1000, 64)  # one byte per value
+        assert handle.get_tensor("table.weight.scale").shape == (1000, 1)  # one scale per row
+        assert handle.get_tensor("kinds.weight").dtype == torch.float32  # 128 values: float
+    assert file_size(path) < 1000 * 64 * 1.2  # the table was 4 bytes per value
+    table = load_packed(path, net).table.weight
+    assert not torch.equal(table, net.table.weight)
+    error = (table - net.table.weight).abs() / net.table.weight.abs().amax(1, keepdim=True)
+    # steps of peak/128: at most one step off (a value near -peak clamps to code 127),
+    # a quarter of a step on average (rounding to nearest)
+    assert error.max() <= 1 / 128 + 1e-6 and error.mean() < 0.3 / 128
+    ids = torch.randint(0, 1000, (8, 5))
+    torch.testing.assert_close(load_packed(path, net)(ids), q(ids))
+
+
+def test_gptq_rounds_convs_with_same_padding(digits):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 8, 3, padding="same", padding_mode="reflect"), nn.ReLU(),
+                        nn.Flatten(), nn.Linear(8 * 8 * 8, 10))  # fmt: skip
+    _, _, errors = _int4_nearest_and_gptq(net, digits, digits.train.x[:256])
+    assert errors[1] < errors[0]
 
 
 def test_gptq_rounds_to_nearest_when_inputs_are_independent():

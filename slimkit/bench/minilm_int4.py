@@ -1,13 +1,14 @@
 """minilm-int4: weight-only int4 all-MiniLM-L6-v2, GPTQ against rounding to nearest.
 
-Every Linear's weights become 4-bit codes with one float16 scale per group of 128 or 32 inputs
-(the embedding tables stay float); computation stays float. The 872 sentences of SST-2's dev set
-are embedded as in minilm-int8 (batches of 32, mean pooling, L2-normalised) and compared by
-cosine with the float model's embeddings. slimkit rounds to nearest, or by GPTQ (Frantar et al.
-2023, :mod:`slimkit.quant.gptq`) on 512 *training* sentences; each model is written packed
-(:func:`~slimkit.quant.save_packed`), loaded back into MiniLM and embedded from that file. Peer:
-ONNX Runtime's ``MatMulNBitsQuantizer`` (symmetric int4, rounding to nearest, the same block
-sizes) on the float ONNX model, embedded in ONNX Runtime and compared with the float ONNX model.
+Every Linear's weights become 4-bit codes with one float16 scale per group of 128 or 32 inputs,
+the word and position embedding tables int8 rows; computation stays float. The 872 sentences of
+SST-2's dev set are embedded as in minilm-int8 (batches of 32, mean pooling, L2-normalised) and
+compared by cosine with the float model's embeddings. slimkit rounds to nearest, or by GPTQ
+(Frantar et al. 2023, :mod:`slimkit.quant.gptq`) on 512 *training* sentences; each model is
+written packed (:func:`~slimkit.quant.save_packed`), loaded back into MiniLM and embedded from
+that file. Peer: ONNX Runtime's ``MatMulNBitsQuantizer`` (symmetric int4, rounding to nearest,
+the same block sizes) on the float ONNX model, embedded in ONNX Runtime and compared with the
+float ONNX model.
 """
 
 from __future__ import annotations

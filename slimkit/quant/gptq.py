@@ -41,12 +41,35 @@ def supports(layer: nn.Module) -> bool:
     return isinstance(layer, nn.Linear) or (isinstance(layer, nn.Conv2d) and layer.groups == 1)
 
 
+def _padded(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``x`` padded as ``conv`` pads it: numeric, ``'valid'`` or ``'same'`` (the extra row or
+    column on the far side, as PyTorch does), with zeros or the layer's ``padding_mode``."""
+    if conv.padding == "valid":
+        return x
+    pads: list[int] = []
+    for i in (1, 0):  # F.pad takes the last axis (width) first
+        if conv.padding == "same":
+            total = conv.dilation[i] * (conv.kernel_size[i] - 1)
+            pads += [total // 2, total - total // 2]
+        else:
+            pads += [conv.padding[i]] * 2
+    mode = "constant" if conv.padding_mode == "zeros" else conv.padding_mode
+    return F.pad(x, pads, mode=mode)
+
+
 def _input_rows(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The layer's input as rows that its flattened weight ``[out, in]`` multiplies."""
+    """The layer's input as rows that its flattened weight ``[out, in]`` multiplies.
+
+    Example:
+        >>> conv = nn.Conv2d(2, 3, 3, padding="same", padding_mode="reflect", bias=False)
+        >>> x = torch.randn(1, 2, 5, 5)
+        >>> rows = _input_rows(conv, x)  # one row per output position
+        >>> torch.allclose(rows @ conv.weight.reshape(3, -1).T,
+        ...                conv(x).permute(0, 2, 3, 1).reshape(-1, 3), atol=1e-6)
+        True
+    """
     if isinstance(layer, nn.Conv2d):
-        if isinstance(layer.padding, str):
-            raise SlimkitError("GPTQ needs numeric Conv2d padding, not 'same' or 'valid'")
-        patches = F.unfold(x, layer.kernel_size, layer.dilation, layer.padding, layer.stride)
+        patches = F.unfold(_padded(layer, x), layer.kernel_size, layer.dilation, 0, layer.stride)
         return patches.transpose(1, 2).reshape(-1, patches.shape[1])
     return x.reshape(-1, x.shape[-1])
 

@@ -2,9 +2,12 @@
 
 Weights of Linear (and Conv) layers are quantized symmetrically, per output channel (int8) or per
 group of ``group_size`` consecutive input weights (int4, as GPTQ/AWQ-style weight-only schemes
-store them: Frantar et al. 2023, Lin et al. 2024). :func:`save_packed` writes a safetensors file
-whose tensors are the packed integers (two int4 values per byte) and their scales, so the bytes
-on disk really shrink; :func:`load_packed` rebuilds a runnable float model from it.
+store them: Frantar et al. 2023, Lin et al. 2024). Large embedding tables (a transformer's
+vocabulary: half of all-MiniLM-L6-v2's weights) become int8 rows with one scale each, at either
+bit width: on MiniLM that costs 0.00003 of cosine, where int4 rows would cost 0.0017 (groups of
+32) to 0.0036 (groups of 128). :func:`save_packed` writes a safetensors file whose tensors are the
+packed integers (two int4 values per byte) and their scales, so the bytes on disk really shrink;
+:func:`load_packed` rebuilds a runnable float model from it.
 """
 
 from __future__ import annotations
@@ -175,22 +178,29 @@ class GroupWeightQuant(nn.Module):
 
 
 def prepare_weight_only(model: nn.Module, cfg: QuantConfig) -> nn.Module:
-    """Quantize the weights of every Linear/Conv (except ``cfg.skip``) in place.
+    """Quantize the weights of every Linear/Conv (except ``cfg.skip``) in place, and those of
+    every embedding table of at least 4,096 values to int8 rows.
 
     Example:
-        >>> net = prepare_weight_only(nn.Sequential(nn.Linear(64, 2)),
+        >>> net = prepare_weight_only(nn.Sequential(nn.Embedding(100, 64), nn.Linear(64, 2)),
         ...                           QuantConfig(mode="weight-only", weight_bits=4, group_size=32))
-        >>> net(torch.ones(1, 64)).shape
-        torch.Size([1, 2])
+        >>> [m.parametrizations.weight[0].bits for m in net]
+        [8, 4]
     """
-    from slimkit.quant.dynamic import is_skipped
+    from slimkit.quant.dynamic import MIN_TABLE, is_skipped
 
     count = 0
     for name, layer in list(model.named_modules()):
-        if isinstance(layer, LAYERS) and not is_skipped(name, cfg.skip):
+        if is_skipped(name, cfg.skip):
+            continue
+        if isinstance(layer, LAYERS):
             quant = GroupWeightQuant(cfg.weight_bits, cfg.group_size)
-            parametrize.register_parametrization(layer, "weight", quant)
             count += 1
+        elif isinstance(layer, nn.Embedding) and layer.weight.numel() >= MIN_TABLE:
+            quant = GroupWeightQuant(8, None)  # a lookup: no GPTQ, nearest is its best rounding
+        else:
+            continue
+        parametrize.register_parametrization(layer, "weight", quant)
     if count == 0:
         raise SlimkitError("weight-only quantization found no Linear or Conv layer")
     return model
@@ -227,7 +237,8 @@ def gptq_round(model: nn.Module, batches: list[torch.Tensor | Mapping[str, torch
     for quant in quants.values():  # the float layers' inputs, as the paper's H
         quant.mode = "off"
     try:
-        hessians = input_hessians(model, list(quants), batches)
+        with parametrize.cached():  # the int8 embedding tables, quantized once, not per batch
+            hessians = input_hessians(model, list(quants), batches)
     finally:
         for quant in quants.values():
             quant.mode = "quant"
