@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from slimkit.errors import SlimkitError
 from slimkit.measure import evaluate, export_onnx, file_size
@@ -634,6 +635,38 @@ def test_gptq_rounds_convs_with_same_padding(digits):
                         nn.Flatten(), nn.Linear(8 * 8 * 8, 10))  # fmt: skip
     _, _, errors = _int4_nearest_and_gptq(net, digits, digits.train.x[:256])
     assert errors[1] < errors[0]
+
+
+def test_weight_only_onnx_runs_the_models_own_codes_in_matmul_nbits(digits, tmp_path):
+    import onnx
+
+    from slimkit.measure import ort_session
+
+    torch.manual_seed(0)
+    model = build_model("mlp", digits.input_shape, 10).eval()
+    int4 = {"mode": "weight-only", "weight_bits": 4, "group_size": 32}
+    nearest = quantize(model, int4)
+    gptq = quantize(model, int4, digits, weight_rounding="gptq", calibration_batches=4)
+    x = digits.test.x[:64]
+    path = export_int8(gptq, tmp_path / "w4.onnx", digits.input_shape)
+    nodes = onnx.load(str(path)).graph.node
+    assert [n.op_type for n in nodes].count("MatMulNBits") == 3  # every Linear
+    got = ort_session(path, 1).run(None, {"input": x.numpy()})[0]
+    with torch.no_grad():
+        want, other = gptq(x).numpy(), nearest(x).numpy()
+    np.testing.assert_allclose(got, want, atol=1e-4)  # GPTQ's codes, not re-rounded ones
+    assert np.abs(got - other).max() > 1e-2
+    float_onnx = export_onnx(model, tmp_path / "f.onnx", digits.input_shape)
+    assert file_size(float_onnx) / file_size(path) > 5
+
+
+def test_weight_only_onnx_keeps_convs_float_with_a_warning(trained_cnn, digits, tmp_path):
+    q = quantize(trained_cnn, mode="weight-only")  # int8 per channel
+    with pytest.warns(UserWarning, match="left in float.*Conv"):
+        export_int8(q, tmp_path / "w8.onnx", digits.input_shape)
+    assert not any(parametrize.is_parametrized(m) for m in trained_cnn.modules())
+    x = digits.test.x[:16]
+    assert torch.isfinite(q(x)).all()  # the quantized model still runs after its export
 
 
 def test_gptq_rounds_to_nearest_when_inputs_are_independent():

@@ -5,7 +5,7 @@ embedded by every model from the same batches: mean pooling over real tokens, L2
 sentence-transformers does. Fidelity is the cosine similarity per sentence between each model's
 embedding and the float ONNX model's (mean and min); speed is the time of a pass over all
 sentences in ONNX Runtime with 2 intra-op threads, measured batch by batch with the models
-interleaved (see :func:`_time_sessions`).
+interleaved (see :func:`time_sessions`).
 
 slimkit: SmoothQuant (Xiao et al. 2023) on the Linears reading a LayerNorm's output, dynamic
 int8 with per-channel pair-safe 8-bit weights and per-tensor activations, the FFN neurons with
@@ -44,12 +44,12 @@ SETTINGS = {"granularity": "tensor", "accuracy_budget": 0.002}  # alpha searched
 REQUIRED = {"cosine_mean": 0.998, "cosine_min": 0.99}
 
 
-def _time_sessions(sessions: dict[str, Any], batches: list) -> dict[str, float]:
+def time_sessions(sessions: dict[str, Any], batches: list) -> dict[str, float]:
     """Seconds per pass over all batches, measured batch by batch: every model runs each batch
     ``REPEATS`` times in turn (the order rotating from batch to batch) and keeps its best time;
     a pass is the sum, and the best of ``ROUNDS`` passes is reported. Interleaving models per
     batch (tens of milliseconds) rather than per pass (seconds) lets load from other processes
-    hit them alike, and the best of a few repeats drops its bursts."""
+    hit them alike, and the best of a few repeats drops its bursts. (minilm-int4 too.)"""
     names = list(sessions)
     feeds = {
         name: [{i.name: b[i.name].numpy() for i in s.get_inputs()} for b in batches]
@@ -148,7 +148,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     paths = {"float": float_path, "slimkit": int8_path, "ort_peer": peer_path}
     sessions = {name: ort_session(path, ctx.threads) for name, path in paths.items()}
     outputs = {name: embed_onnx(s, batches) for name, s in sessions.items()}
-    seconds = _time_sessions(sessions, batches)
+    seconds = time_sessions(sessions, batches)
     reference = outputs["float"]
     params = sum(p.numel() for p in embedder.parameters())
 

@@ -3,8 +3,9 @@ deployment on ONNX Runtime's integer kernels.
 
 One entry call, :func:`quantize`, returns a fake-quantized PyTorch model that evaluates as the
 int8 model will run; :func:`export_int8` writes the ONNX file (QDQ for static/QAT, run-time
-activation quantization for dynamic) and checks parity and integer kernels; weight-only models
-are stored packed with :func:`save_packed` and loaded with :func:`load_packed`.
+activation quantization for dynamic, ``MatMulNBits`` for weight-only) and checks parity and
+integer kernels; weight-only models are also stored packed with :func:`save_packed` and loaded
+with :func:`load_packed`.
 
 Example:
     >>> from slimkit.data import load_data
@@ -33,6 +34,7 @@ from slimkit.quant.observers import (
     make_observer,
     qparams_from_range,
 )
+from slimkit.quant.onnx_nbits import export_weight_only
 from slimkit.quant.onnx_qdq import check_parity, export_qdq, integer_report, runtime_ops
 from slimkit.quant.smooth import SmoothGroup, bert_groups, smooth
 from slimkit.quant.weight_only import load_packed, pack_int4, save_packed, unpack_int4
@@ -53,6 +55,7 @@ __all__ = [
     "check_parity",
     "export_int8",
     "export_qdq",
+    "export_weight_only",
     "fake_quant_values",
     "fold_batchnorm",
     "fold_bn_into",

@@ -197,8 +197,17 @@ def quantize_onnx_dynamic(
     import onnx
 
     model = onnx.load(str(src))
-    rewriter = _Rewriter(model, cfg, (skip or []) + cfg.skip)
+    rewriter = LinearRewriter(model, cfg, (skip or []) + cfg.skip)
     rewriter.run()
+    save_rewritten(model, dst)
+    return {"quantized": rewriter.quantized, "kept_float": rewriter.kept}
+
+
+def save_rewritten(model: Any, dst: str | Path) -> None:
+    """Save a rewritten ONNX graph: without the exporter's debug metadata, with ONNX Runtime's
+    contrib domain imported, written whole or not at all."""
+    import onnx
+
     from slimkit.quant.onnx_qdq import strip_debug_info
 
     strip_debug_info(model)
@@ -206,11 +215,13 @@ def quantize_onnx_dynamic(
         model.opset_import.append(onnx.helper.make_opsetid(MS_DOMAIN, 1))
     with atomic_path(Path(dst)) as tmp:
         onnx.save(model, str(tmp))
-    return {"quantized": rewriter.quantized, "kept_float": rewriter.kept}
 
 
-class _Rewriter:
-    """Graph surgery for :func:`quantize_onnx_dynamic`."""
+class LinearRewriter:
+    """Graph surgery for :func:`quantize_onnx_dynamic`: finds each MatMul/Gemm with a constant
+    2-D weight (and the bias ``Add`` after it) and each lookup in a large constant table, and
+    replaces them. Subclasses choose which weights to take (:meth:`takes`), what replaces the
+    Linears (:meth:`replacements`) and the int8 rows of a table (:meth:`table_rows`)."""
 
     def __init__(self, model: Any, cfg: QuantConfig, skip: list[str]) -> None:
         self.model, self.cfg, self.skip = model, cfg, skip
@@ -241,14 +252,14 @@ class _Rewriter:
             w = numpy_helper.to_array(self.inits[node.input[1]])
             if node.op_type == "Gemm" and _attr(node, "transB", 0):
                 w = w.T
+            if not self.takes(w):
+                self.kept.append(scope or node.name or node.input[1])
+                continue
             bias, output, add = self._bias(node, consumers, w.shape[1])
             if add is not None:
                 removed.add(id(add))
             plans[index] = (node, w, bias, output)
-        if self.cfg.granularity == "token":
-            new_nodes = self._per_token(plans)
-        else:
-            new_nodes = self._per_tensor(plans)
+        new_nodes = self.replacements(plans)
         self.quantized = len(plans)
         nodes = []
         for index, node in enumerate(self.graph.node):
@@ -258,6 +269,21 @@ class _Rewriter:
         del self.graph.node[:]
         self.graph.node.extend(nodes)
         self._drop_unused()
+
+    def takes(self, w: np.ndarray) -> bool:
+        """Whether to rewrite the MatMul of the constant weight ``w`` ``[K, N]``: all of them."""
+        return True
+
+    def replacements(self, plans: dict[int, tuple[Any, np.ndarray, str, str]]) -> dict[int, list]:
+        """The nodes that replace each planned MatMul (graph index -> (node, weight ``[K, N]``,
+        bias name or "", output name)), by the index of the node they replace."""
+        if self.cfg.granularity == "token":
+            return self._per_token(plans)
+        return self._per_tensor(plans)
+
+    def table_rows(self, table: np.ndarray) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(int8 rows, one scale per row) of a constant lookup table, or None to keep it."""
+        return row_int8(torch.from_numpy(table.copy()))
 
     def _fold_weight_transposes(self) -> None:
         """Replace ``Transpose`` of a 2-D constant with the transposed constant. The exporter
@@ -391,10 +417,13 @@ class _Rewriter:
         if table.data_type != TensorProto.FLOAT or _attr(node, "axis", 0) != 0:
             return None
         scope = module_scope(node)
-        if any(is_skipped(n, self.skip) for n in (node.name, node.input[0], scope) if n):
+        rows = None
+        if not any(is_skipped(n, self.skip) for n in (node.name, node.input[0], scope) if n):
+            rows = self.table_rows(numpy_helper.to_array(table))
+        if rows is None:
             self.kept.append(scope or node.name or node.input[0])
             return None
-        q, scale = row_int8(torch.from_numpy(numpy_helper.to_array(table).copy()))
+        q, scale = rows
         base = node.input[0].replace("/", "_")
         names = {
             k: f"{base}_{k}" for k in ("quantized", "row_scale", "rows", "row_scales", "float")

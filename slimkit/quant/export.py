@@ -4,7 +4,9 @@
   the parity of ONNX Runtime with the fake-quantized model is checked and must hold.
 - A dynamically quantized model, or a plain float model (nothing to calibrate with), is written
   with int8 weights and run-time activation quantization (DynamicQuantizeMatMul).
-Either way the file is checked to run integer kernels in ONNX Runtime.
+- A weight-only model keeps its 8- or 4-bit codes in ``MatMulNBits`` (float compute,
+  :mod:`slimkit.quant.onnx_nbits`), checked for parity like a static one.
+Every file is checked to run integer kernels in ONNX Runtime.
 """
 
 from __future__ import annotations
@@ -54,16 +56,16 @@ def export_int8(
     if mode in ("static", "qat"):
         _check_exportable(model)
         export_qdq(model, path, input_shape)
+    elif mode == "weight-only":
+        from slimkit.quant.onnx_nbits import export_weight_only
+
+        export_weight_only(model, path, lambda plain, raw: export_onnx(plain, raw, input_shape))
+    else:
+        _export_dynamic(model, path, input_shape, info)
+    if mode in ("static", "qat", "weight-only"):  # the PyTorch model is what ORT must compute
         x = check_inputs if check_inputs is not None else random_input(64, input_shape, _cpu())
         threshold = min_top1 if min_top1 is not None else info["config"]["min_top1_agreement"]
         check_parity(model, path, x[:PARITY_ROWS], threshold)
-    elif mode == "weight-only":
-        raise SlimkitError(
-            "weight-only models are stored packed (slimkit.quant.save_packed); "
-            "onnx-int8 needs mode 'static', 'qat' or 'dynamic'"
-        )
-    else:
-        _export_dynamic(model, path, input_shape, info)
     integer_report(path)
     return path
 

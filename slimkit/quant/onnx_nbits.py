@@ -1,0 +1,177 @@
+"""Weight-only models on ONNX Runtime: each quantized Linear as ``com.microsoft.MatMulNBits``.
+
+``MatMulNBits`` keeps a MatMul's weight as 4- or 8-bit codes in blocks along the input axis, one
+float scale per block, and computes in float (``accuracy_level`` 0: blocks are dequantized on
+the fly), which is what a weight-only model means. slimkit writes its own codes and grids into
+it, so a GPTQ model runs in ONNX Runtime with GPTQ's codes, not re-rounded ones. Block sizes are
+the model's groups (32/64/128); per-channel int8 uses one block as wide as the input rounded up
+to a power of two (the op's rule), padded with zero codes. Large embedding tables become int8
+rows looked up with their scales (as in :mod:`slimkit.quant.dynamic`). Convolutions have no
+such op and stay float (with a warning).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from slimkit.quant.config import QuantConfig
+from slimkit.quant.dynamic import MS_DOMAIN, LinearRewriter, save_rewritten
+
+MIN_BLOCK = 16  # MatMulNBits' smallest block; blocks are powers of two
+
+
+@dataclass
+class _Codes:
+    """A quantized weight as stored: codes ``[out, in]``, scales ``[out, groups]``."""
+
+    codes: torch.Tensor
+    scale: torch.Tensor
+    bits: int
+    group: int | None
+
+
+def _digest(array: np.ndarray) -> bytes:
+    array = np.ascontiguousarray(array, dtype=np.float32)
+    return hashlib.sha256(array.tobytes() + str(array.shape).encode()).digest()
+
+
+def dequantized_copy(model: nn.Module) -> tuple[nn.Module, dict[bytes, _Codes]]:
+    """A plain float copy of a weight-only model (weights at their quantized values, no
+    parametrizations, so the exporter writes them as constants), and each quantized weight's
+    codes, keyed by the digest of the constant ONNX will hold: ``[in, out]`` for a Linear's
+    MatMul, the table itself for an embedding."""
+    plain = copy.deepcopy(model)
+    stored: dict[bytes, _Codes] = {}
+    for _, layer in list(plain.named_modules()):
+        if not parametrize.is_parametrized(layer, "weight"):
+            continue
+        quant = layer.parametrizations.weight[0]
+        codes, scale = quant.encode(layer.parametrizations.weight.original)
+        # deepcopy shares the class torch made for the parametrized module, and removing a
+        # parametrization deletes its property from that class: the copy gets its own first
+        cls = type(layer)
+        layer.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
+        parametrize.remove_parametrizations(layer, "weight", leave_parametrized=True)
+        w = layer.weight.detach().numpy()
+        key = w.T if isinstance(layer, nn.Linear) else w
+        stored[_digest(key)] = _Codes(codes, scale.float(), quant.bits, quant.group_size)
+    return plain, stored
+
+
+def matmul_nbits_weight(entry: _Codes) -> tuple[np.ndarray, np.ndarray, int]:
+    """(``B`` ``[N, blocks, block*bits/8]`` uint8, scales ``[N*blocks]``, block size) of a
+    weight in ``MatMulNBits``' layout: unsigned codes (zero point ``2^(bits-1)``, the op's
+    default), two 4-bit codes per byte with the lower-index one in the low nibble.
+
+    Example:
+        >>> codes = torch.tensor([[-8, 7, 0]], dtype=torch.int8)
+        >>> b, scales, block = matmul_nbits_weight(_Codes(codes, torch.ones(1, 1), 4, None))
+        >>> block, b.shape, [hex(v) for v in b[0, 0, :2]], scales.tolist()
+        (16, (1, 1, 8), ['0xf0', '0x88'], [1.0])
+    """
+    rows, cols = entry.codes.shape
+    zero = 2 ** (entry.bits - 1)
+    block = entry.group or _row_block(cols, entry.bits)
+    blocks = -(-cols // block)
+    unsigned = torch.full((rows, blocks * block), zero, dtype=torch.int16)
+    unsigned[:, :cols] = entry.codes.to(torch.int16) + zero
+    if entry.bits == 4:
+        unsigned = unsigned[:, 0::2] | (unsigned[:, 1::2] << 4)
+    packed = unsigned.to(torch.uint8).reshape(rows, blocks, -1).numpy()
+    scale = entry.scale if entry.group else entry.scale.expand(rows, blocks)
+    return packed, scale.reshape(-1).numpy().astype(np.float32), block
+
+
+def _row_block(cols: int, bits: int) -> int:
+    """The block size that stores a row of ``cols`` codes with one scale (repeated per block)
+    in the fewest bytes: padding to a power of two against a float32 scale per block.
+
+    Example:
+        >>> _row_block(384, 8), _row_block(100, 8)  # 3 blocks of 128; one of 128, 28 padded
+        (128, 128)
+    """
+    candidates = [MIN_BLOCK << i for i in range(max(1, (cols - 1).bit_length() - 3))]
+
+    def size(block: int) -> int:
+        blocks = -(-cols // block)
+        return blocks * block * bits // 8 + 4 * blocks
+
+    return min(candidates, key=lambda block: (size(block), -block))
+
+
+class _NBitsRewriter(LinearRewriter):
+    """Rewrites the MatMuls and lookups whose constants are the model's quantized weights."""
+
+    def __init__(self, model: Any, stored: dict[bytes, _Codes]) -> None:
+        super().__init__(model, QuantConfig(mode="weight-only"), [])
+        self.stored = stored
+
+    def takes(self, w: np.ndarray) -> bool:
+        return _digest(w) in self.stored
+
+    def replacements(self, plans: dict[int, tuple[Any, np.ndarray, str, str]]) -> dict[int, list]:
+        from onnx import helper, numpy_helper
+
+        new_nodes = {}
+        for index, (node, w, bias, output) in plans.items():
+            entry = self.stored[_digest(w)]
+            packed, scales, block = matmul_nbits_weight(entry)
+            base = (node.input[1] or node.name).replace("/", "_")
+            names = [f"{base}_q{entry.bits}", f"{base}_scales"]
+            self.graph.initializer.extend([numpy_helper.from_array(packed, names[0]),
+                                           numpy_helper.from_array(scales, names[1])])  # fmt: skip
+            inputs = [node.input[0], *names] + (["", "", bias] if bias else [])
+            new_nodes[index] = [helper.make_node(
+                "MatMulNBits", inputs, [output], name=self._name(node), domain=MS_DOMAIN,
+                K=w.shape[0], N=w.shape[1], bits=entry.bits, block_size=block, accuracy_level=0,
+            )]  # fmt: skip
+        return new_nodes
+
+    def table_rows(self, table: np.ndarray) -> tuple[torch.Tensor, torch.Tensor] | None:
+        entry = self.stored.get(_digest(table))
+        if entry is None or entry.bits != 8 or entry.group is not None:
+            return None
+        return entry.codes, entry.scale
+
+
+def export_weight_only(
+    model: nn.Module, path: str | Path, write_float: Callable[[nn.Module, Path], Any]
+) -> dict[str, Any]:
+    """Write a weight-only model (:func:`~slimkit.quant.quantize`, mode ``weight-only``) as an
+    ONNX file whose quantized Linears run ``MatMulNBits`` with the model's own codes.
+
+    ``write_float(float_model, path)`` exports a plain float model to ONNX (the caller knows
+    its inputs). Returns how many weights went in as integers and which stayed float.
+
+    Example:
+        >>> import tempfile
+        >>> from slimkit.measure import export_onnx
+        >>> from slimkit.quant import quantize
+        >>> q = quantize(nn.Sequential(nn.Linear(64, 8)), mode="weight-only", weight_bits=4,
+        ...              group_size=32)
+        >>> out = tempfile.mkdtemp() + "/w4.onnx"
+        >>> export_weight_only(q, out, lambda m, p: export_onnx(m, p, (64,)))["quantized"]
+        1
+    """
+    import onnx
+
+    plain, stored = dequantized_copy(model)
+    with tempfile.TemporaryDirectory(prefix="slimkit-nbits-") as tmp:
+        raw = Path(tmp) / "float.onnx"
+        write_float(plain.eval(), raw)
+        graph = onnx.load(str(raw))
+    rewriter = _NBitsRewriter(graph, stored)
+    rewriter.run()
+    save_rewritten(graph, path)
+    return {"quantized": rewriter.quantized, "kept_float": rewriter.kept}
