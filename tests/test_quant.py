@@ -763,10 +763,13 @@ def test_quantize_stage_gptq_writes_a_packed_file_that_loads_back(trained_cnn, d
     ctx = StageContext(data=digits, out_dir=tmp_path, stage_dir=tmp_path)
     config = QuantConfig(mode="weight-only", weight_bits=4, group_size=32,
                          weight_rounding="gptq", calibration_batches=2)  # fmt: skip
-    q = QuantizeStage(config).run(trained_cnn, ctx)
+    with pytest.warns(UserWarning, match="left in float.*Conv"):  # no MatMulNBits for convs
+        q = QuantizeStage(config).run(trained_cnn, ctx)
     assert ctx.artifact.name == "model.packed.safetensors"
     x = digits.test.x[:16]
     torch.testing.assert_close(load_packed(ctx.artifact)(x), q(x))
+    assert (tmp_path / ctx.info["onnx"]).is_file()  # the file the report times
+    assert ctx.info["integer_ops"]["integer_ops"] == {"MatMulNBits": 2}  # the CNN's Linears
 
 
 # --- bad input ------------------------------------------------------------------------------

@@ -92,6 +92,24 @@ def test_pipeline_writes_report_and_checkpoints(tmp_path):
     assert json.loads((out / "report.json").read_text())["task"]["data"] == "digits"
 
 
+def test_weight_only_report_times_the_matmul_nbits_file(tmp_path, monkeypatch):
+    import slimkit.recipe.pipeline as pipeline
+
+    timed = []
+    real = pipeline.measure
+
+    def spy(model, data, **kwargs):
+        timed.append(kwargs.get("onnx_path"))
+        return real(model, data, **kwargs)
+
+    monkeypatch.setattr(pipeline, "measure", spy)
+    int4 = {"kind": "quantize", "mode": "weight-only", "weight_bits": 4, "group_size": 32}
+    report = run_recipe(recipe({"kind": "train", "epochs": 1}, int4), tmp_path / "o", quiet=True)
+    assert report["result"]["artifact"] == "stages/02-quantize/model.packed.safetensors"
+    assert timed[-1] == tmp_path / "o" / "stages/02-quantize/model.int8.onnx"
+    assert report["stages"][1]["integer_ops"]["integer_ops"] == {"MatMulNBits": 2}
+
+
 def test_baseline_is_the_initial_model_when_no_stage_trains(tmp_path):
     """With no leading train stage, the baseline is the model the stages started from."""
     run_recipe(recipe({"kind": "prune", "sparsity": 0.5}, seed=3), tmp_path / "out", quiet=True)

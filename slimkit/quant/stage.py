@@ -8,9 +8,10 @@ Recipe example::
       calibration_batches: 8
       accuracy_budget: 0.005    # optional: keep sensitive layers float within 0.5 point
 
-The stage quantizes the model, writes ``model.int8.onnx`` (or ``model.packed.safetensors`` for
-weight-only) into its folder as the stage's artifact, checks ONNX Runtime's parity with the
-fake-quantized model and records which ops run on integer kernels.
+The stage quantizes the model, writes ``model.int8.onnx`` into its folder as the stage's
+artifact, checks ONNX Runtime's parity with the fake-quantized model and records which ops run
+on integer kernels. A weight-only model's artifact is ``model.packed.safetensors``, its ONNX
+file (``MatMulNBits``) is what the report times.
 """
 
 from __future__ import annotations
@@ -59,14 +60,15 @@ class QuantizeStage(Stage):
         from slimkit.quant.export import export_int8
 
         quantized = quantize(model, config, ctx.data)
-        if config.mode == "weight-only":
+        x = ctx.data.test.x if not isinstance(ctx.data.test.x, list) else None
+        onnx = export_int8(
+            quantized, ctx.stage_dir / "model.int8.onnx", ctx.data.input_shape, check_inputs=x
+        )
+        ctx.info["integer_ops"] = integer_report(onnx, warn=False)
+        ctx.artifact = onnx
+        if config.mode == "weight-only":  # its smallest file; the report times the ONNX one
             ctx.artifact = save_packed(quantized, ctx.stage_dir / "model.packed.safetensors")
-        else:
-            x = ctx.data.test.x if not isinstance(ctx.data.test.x, list) else None
-            ctx.artifact = export_int8(
-                quantized, ctx.stage_dir / "model.int8.onnx", ctx.data.input_shape, check_inputs=x
-            )
-            ctx.info["integer_ops"] = integer_report(ctx.artifact, warn=False)
+            ctx.info["onnx"] = str(onnx.relative_to(ctx.out_dir))
         ctx.info["float_layers"] = quant_info(quantized)["float_layers"]
         ctx.info["float_metric"] = round(evaluate(model, ctx.data.test), 6)
         return quantized

@@ -59,7 +59,7 @@ def run_recipe(
     model = _initial_model(recipe, data, model_file)
     baseline = copy.deepcopy(model)  # unless leading train stages make one
     _prepare_out(recipe, out, resume, force)
-    entries, artifact, baseline_path = [], None, None
+    entries, artifact, onnx, baseline_path = [], None, None, None
     leading = True
     for index, section in enumerate(recipe.stages, start=1):
         stage_dir = out / "stages" / f"{index:02d}-{section.name}"
@@ -71,13 +71,15 @@ def run_recipe(
             seed_everything(recipe.seed + index)
             model, entry = _run_stage(stage, section, model, data, out, stage_dir, recipe, quiet)
         entries.append(entry)
-        artifact = out / entry["artifact"] if entry.get("artifact") else artifact
+        if entry.get("artifact"):  # the last file a stage wrote, and the ONNX file to time
+            artifact = out / entry["artifact"]
+            onnx = out / entry["onnx"] if entry.get("onnx") else None
         leading = leading and stage.makes_baseline
         if leading:
             baseline_path = stage_dir / "model.safetensors"
     if baseline_path is not None:
         baseline = load_checkpoint(baseline_path, allow_import=True)
-    return _finish(recipe, data, model, out, entries, artifact, baseline)
+    return _finish(recipe, data, model, out, entries, artifact, baseline, onnx=onnx)
 
 
 def load_recipe_inputs(recipe: Recipe) -> tuple[Dataset, nn.Module]:
@@ -176,7 +178,9 @@ def _run_stage(stage, section, model, data, out, stage_dir, recipe, quiet):
     return model, entry
 
 
-def _finish(recipe, data, model, out, entries, artifact, baseline_model) -> dict[str, Any]:
+def _finish(
+    recipe, data, model, out, entries, artifact, baseline_model, onnx=None
+) -> dict[str, Any]:
     base_file = save_checkpoint(baseline_model, out / "baseline.safetensors")
     final_file = save_checkpoint(model, out / "model.safetensors")
     baseline = measure(
@@ -184,7 +188,8 @@ def _finish(recipe, data, model, out, entries, artifact, baseline_model) -> dict
     )
     baseline["file_bytes"] = baseline["size_bytes"]
     baseline["size_bytes"] = 4 * baseline["params"]  # dense float32, as the papers count
-    onnx = artifact if artifact is not None and artifact.suffix == ".onnx" else None
+    if onnx is None and artifact is not None and artifact.suffix == ".onnx":
+        onnx = artifact
     result = measure(
         model,
         data,
