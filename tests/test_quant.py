@@ -658,6 +658,11 @@ def test_weight_only_onnx_runs_the_models_own_codes_in_matmul_nbits(digits, tmp_
     assert np.abs(got - other).max() > 1e-2
     float_onnx = export_onnx(model, tmp_path / "f.onnx", digits.input_shape)
     assert file_size(float_onnx) / file_size(path) > 5
+    from slimkit.quant import export_weight_only
+
+    with pytest.raises(SlimkitError, match="needs a weight-only model"):
+        export_weight_only(model, tmp_path / "no.onnx", lambda m, p: export_onnx(m, p, (64,)))
+    assert not (tmp_path / "no.onnx").exists()
 
 
 def test_weight_only_onnx_keeps_convs_float_with_a_warning(trained_cnn, digits, tmp_path):

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from slimkit.errors import SlimkitError
 from slimkit.quant.config import QuantConfig
 from slimkit.quant.dynamic import MS_DOMAIN, LinearRewriter, save_rewritten
 
@@ -166,6 +167,12 @@ def export_weight_only(
     """
     import onnx
 
+    from slimkit.quant.api import quant_info
+
+    info = quant_info(model)
+    if info is None or info["config"]["mode"] != "weight-only":
+        raise SlimkitError("export_weight_only needs a weight-only model (quantize it with "
+                           "mode='weight-only'); use export_int8 for the other modes")  # fmt: skip
     plain, stored = dequantized_copy(model)
     with tempfile.TemporaryDirectory(prefix="slimkit-nbits-") as tmp:
         raw = Path(tmp) / "float.onnx"
