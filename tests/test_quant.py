@@ -665,6 +665,32 @@ def test_weight_only_onnx_runs_the_models_own_codes_in_matmul_nbits(digits, tmp_
     assert not (tmp_path / "no.onnx").exists()
 
 
+def test_weight_only_onnx_stores_a_linear_called_twice_once(tmp_path):
+    import onnx
+
+    from slimkit.measure import ort_session
+    from slimkit.quant import export_weight_only
+
+    class Twice(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.shared, self.head = nn.Linear(64, 64), nn.Linear(64, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.shared(torch.relu(self.shared(x))))
+
+    torch.manual_seed(0)
+    q = quantize(Twice().eval(), mode="weight-only", weight_bits=4, group_size=32)
+    path = tmp_path / "twice.onnx"
+    done = export_weight_only(q, path, lambda m, p: export_onnx(m, p, (64,)))
+    graph = onnx.load(str(path)).graph
+    assert done["quantized"] == [n.op_type for n in graph.node].count("MatMulNBits") == 3
+    assert sum(i.name.endswith("_q4") for i in graph.initializer) == 2
+    x = torch.randn(5, 64)
+    got = ort_session(path, 1).run(None, {"input": x.numpy()})[0]
+    np.testing.assert_allclose(got, q(x).detach().numpy(), atol=1e-5)
+
+
 def test_weight_only_onnx_keeps_convs_float_with_a_warning(trained_cnn, digits, tmp_path):
     q = quantize(trained_cnn, mode="weight-only")  # int8 per channel
     with pytest.warns(UserWarning, match="left in float.*Conv"):

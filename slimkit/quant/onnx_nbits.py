@@ -33,8 +33,13 @@ MIN_BLOCK = 16  # MatMulNBits' smallest block; blocks are powers of two
 
 
 @dataclass
-class _Codes:
-    """A quantized weight as stored: codes ``[out, in]``, scales ``[out, groups]``."""
+class StoredWeight:
+    """A quantized weight as stored: codes ``[out, in]``, scales ``[out, groups]``.
+
+    Example:
+        >>> StoredWeight(torch.zeros(2, 4, dtype=torch.int8), torch.ones(2, 1), 8, None).bits
+        8
+    """
 
     codes: torch.Tensor
     scale: torch.Tensor
@@ -47,14 +52,25 @@ def _digest(array: np.ndarray) -> bytes:
     return hashlib.sha256(array.tobytes() + str(array.shape).encode()).digest()
 
 
-def dequantized_copy(model: nn.Module) -> tuple[nn.Module, dict[bytes, _Codes]]:
+def dequantized_copy(model: nn.Module) -> tuple[nn.Module, dict[bytes, StoredWeight]]:
     """A plain float copy of a weight-only model (weights at their quantized values, no
     parametrizations, so the exporter writes them as constants), and each quantized weight's
     codes, keyed by the digest of the constant ONNX will hold: ``[in, out]`` for a Linear's
-    MatMul, the table itself for an embedding."""
+    MatMul, the table itself for an embedding.
+
+    Example:
+        >>> from slimkit.quant import quantize
+        >>> q = quantize(nn.Sequential(nn.Linear(64, 8)), mode="weight-only", weight_bits=4,
+        ...              group_size=32)
+        >>> plain, stored = dequantized_copy(q)
+        >>> parametrize.is_parametrized(plain[0]), torch.equal(plain[0].weight, q[0].weight)
+        (False, True)
+        >>> [(w.bits, tuple(w.scale.shape)) for w in stored.values()]
+        [(4, (8, 2))]
+    """
     plain = copy.deepcopy(model)
-    stored: dict[bytes, _Codes] = {}
-    for _, layer in list(plain.named_modules()):
+    stored: dict[bytes, StoredWeight] = {}
+    for layer in list(plain.modules()):
         if not parametrize.is_parametrized(layer, "weight"):
             continue
         quant = layer.parametrizations.weight[0]
@@ -66,18 +82,18 @@ def dequantized_copy(model: nn.Module) -> tuple[nn.Module, dict[bytes, _Codes]]:
         parametrize.remove_parametrizations(layer, "weight", leave_parametrized=True)
         w = layer.weight.detach().numpy()
         key = w.T if isinstance(layer, nn.Linear) else w
-        stored[_digest(key)] = _Codes(codes, scale.float(), quant.bits, quant.group_size)
+        stored[_digest(key)] = StoredWeight(codes, scale.float(), quant.bits, quant.group_size)
     return plain, stored
 
 
-def matmul_nbits_weight(entry: _Codes) -> tuple[np.ndarray, np.ndarray, int]:
+def matmul_nbits_weight(entry: StoredWeight) -> tuple[np.ndarray, np.ndarray, int]:
     """(``B`` ``[N, blocks, block*bits/8]`` uint8, scales ``[N*blocks]``, block size) of a
     weight in ``MatMulNBits``' layout: unsigned codes (zero point ``2^(bits-1)``, the op's
     default), two 4-bit codes per byte with the lower-index one in the low nibble.
 
     Example:
         >>> codes = torch.tensor([[-8, 7, 0]], dtype=torch.int8)
-        >>> b, scales, block = matmul_nbits_weight(_Codes(codes, torch.ones(1, 1), 4, None))
+        >>> b, scales, block = matmul_nbits_weight(StoredWeight(codes, torch.ones(1, 1), 4, None))
         >>> block, b.shape, [hex(v) for v in b[0, 0, :2]], scales.tolist()
         (16, (1, 1, 8), ['0xf0', '0x88'], [1.0])
     """
@@ -114,7 +130,7 @@ def _row_block(cols: int, bits: int) -> int:
 class _NBitsRewriter(LinearRewriter):
     """Rewrites the MatMuls and lookups whose constants are the model's quantized weights."""
 
-    def __init__(self, model: Any, stored: dict[bytes, _Codes]) -> None:
+    def __init__(self, model: Any, stored: dict[bytes, StoredWeight]) -> None:
         super().__init__(model, QuantConfig(mode="weight-only"), [])
         self.stored = stored
 
@@ -126,13 +142,17 @@ class _NBitsRewriter(LinearRewriter):
 
         new_nodes = {}
         for index, (node, w, bias, output) in plans.items():
-            entry = self.stored[_digest(w)]
+            key = _digest(w)
+            entry = self.stored[key]
             packed, scales, block = matmul_nbits_weight(entry)
-            base = (node.input[1] or node.name).replace("/", "_")
-            names = [f"{base}_q{entry.bits}", f"{base}_scales"]
-            self.graph.initializer.extend([numpy_helper.from_array(packed, names[0]),
-                                           numpy_helper.from_array(scales, names[1])])  # fmt: skip
-            inputs = [node.input[0], *names] + (["", "", bias] if bias else [])
+            if key not in self.made:  # a Linear called twice: one copy of its codes
+                base = (node.input[1] or node.name).replace("/", "_")
+                self.made[key] = [f"{base}_q{entry.bits}", f"{base}_scales"]
+                self.graph.initializer.extend([
+                    numpy_helper.from_array(packed, self.made[key][0]),
+                    numpy_helper.from_array(scales, self.made[key][1]),
+                ])  # fmt: skip
+            inputs = [node.input[0], *self.made[key]] + (["", "", bias] if bias else [])
             new_nodes[index] = [helper.make_node(
                 "MatMulNBits", inputs, [output], name=self._name(node), domain=MS_DOMAIN,
                 K=w.shape[0], N=w.shape[1], bits=entry.bits, block_size=block, accuracy_level=0,
