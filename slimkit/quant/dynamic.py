@@ -395,7 +395,7 @@ class LinearRewriter:
 
         # MatMuls with equal weights (one Linear called more than once: the exporter may copy
         # its transposed weight for each call) share one int8 copy
-        key = hashlib.sha256(np.ascontiguousarray(w).tobytes() + str(w.shape).encode()).digest()
+        key = weight_digest(w)
         base = (node.input[1] or node.name).replace("/", "_")
         if key not in self.made:
             self.made[key] = [f"{base}_quantized", f"{base}_scale", f"{base}_zero_point"]
@@ -447,6 +447,17 @@ class LinearRewriter:
         for init in list(self.graph.initializer):
             if init.name not in used:
                 self.graph.initializer.remove(init)
+
+
+def weight_digest(w: np.ndarray) -> bytes:
+    """A key for a constant weight's values and shape: equal weights, one key.
+
+    Example:
+        >>> weight_digest(np.ones((2, 3))) == weight_digest(np.ones((2, 3), np.float32))
+        True
+    """
+    w = np.ascontiguousarray(w, dtype=np.float32)
+    return hashlib.sha256(w.tobytes() + str(w.shape).encode()).digest()
 
 
 def module_scope(node: Any) -> str | None:

@@ -4,8 +4,9 @@
 float scale per block, and computes in float (``accuracy_level`` 0: blocks are dequantized on
 the fly), which is what a weight-only model means. slimkit writes its own codes and grids into
 it, so a GPTQ model runs in ONNX Runtime with GPTQ's codes, not re-rounded ones. Block sizes are
-the model's groups (32/64/128); per-channel int8 uses one block as wide as the input rounded up
-to a power of two (the op's rule), padded with zero codes. Large embedding tables become int8
+the model's groups (32/64/128); a per-channel weight repeats its row's scale over blocks of the
+power-of-two size (the op's rule) that stores the row in the fewest bytes, padded with zero
+codes. Large embedding tables become int8
 rows looked up with their scales (as in :mod:`slimkit.quant.dynamic`). Convolutions have no
 such op and stay float (with a warning).
 """
@@ -13,7 +14,6 @@ such op and stay float (with a warning).
 from __future__ import annotations
 
 import copy
-import hashlib
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,7 +27,7 @@ from torch.nn.utils import parametrize
 
 from slimkit.errors import SlimkitError
 from slimkit.quant.config import QuantConfig
-from slimkit.quant.dynamic import MS_DOMAIN, LinearRewriter, save_rewritten
+from slimkit.quant.dynamic import MS_DOMAIN, LinearRewriter, save_rewritten, weight_digest
 
 MIN_BLOCK = 16  # MatMulNBits' smallest block; blocks are powers of two
 
@@ -45,11 +45,6 @@ class StoredWeight:
     scale: torch.Tensor
     bits: int
     group: int | None
-
-
-def _digest(array: np.ndarray) -> bytes:
-    array = np.ascontiguousarray(array, dtype=np.float32)
-    return hashlib.sha256(array.tobytes() + str(array.shape).encode()).digest()
 
 
 def dequantized_copy(model: nn.Module) -> tuple[nn.Module, dict[bytes, StoredWeight]]:
@@ -81,25 +76,25 @@ def dequantized_copy(model: nn.Module) -> tuple[nn.Module, dict[bytes, StoredWei
         layer.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
         parametrize.remove_parametrizations(layer, "weight", leave_parametrized=True)
         w = layer.weight.detach().numpy()
-        key = w.T if isinstance(layer, nn.Linear) else w
-        stored[_digest(key)] = StoredWeight(codes, scale.float(), quant.bits, quant.group_size)
+        key = weight_digest(w.T if isinstance(layer, nn.Linear) else w)
+        stored[key] = StoredWeight(codes, scale.float(), quant.bits, quant.group_size)
     return plain, stored
 
 
-def matmul_nbits_weight(entry: StoredWeight) -> tuple[np.ndarray, np.ndarray, int]:
-    """(``B`` ``[N, blocks, block*bits/8]`` uint8, scales ``[N*blocks]``, block size) of a
+def matmul_nbits_weight(entry: StoredWeight) -> tuple[np.ndarray, np.ndarray]:
+    """(``B`` ``[N, blocks, block*bits/8]`` uint8, scales ``[N*blocks]``) of a
     weight in ``MatMulNBits``' layout: unsigned codes (zero point ``2^(bits-1)``, the op's
     default), two 4-bit codes per byte with the lower-index one in the low nibble.
 
     Example:
         >>> codes = torch.tensor([[-8, 7, 0]], dtype=torch.int8)
-        >>> b, scales, block = matmul_nbits_weight(StoredWeight(codes, torch.ones(1, 1), 4, None))
-        >>> block, b.shape, [hex(v) for v in b[0, 0, :2]], scales.tolist()
-        (16, (1, 1, 8), ['0xf0', '0x88'], [1.0])
+        >>> b, scales = matmul_nbits_weight(StoredWeight(codes, torch.ones(1, 1), 4, None))
+        >>> b.shape, [hex(v) for v in b[0, 0, :2]], scales.tolist()  # one block of 16 codes
+        ((1, 1, 8), ['0xf0', '0x88'], [1.0])
     """
     rows, cols = entry.codes.shape
     zero = 2 ** (entry.bits - 1)
-    block = entry.group or _row_block(cols, entry.bits)
+    block = block_size(entry)
     blocks = -(-cols // block)
     unsigned = torch.full((rows, blocks * block), zero, dtype=torch.int16)
     unsigned[:, :cols] = entry.codes.to(torch.int16) + zero
@@ -107,7 +102,18 @@ def matmul_nbits_weight(entry: StoredWeight) -> tuple[np.ndarray, np.ndarray, in
         unsigned = unsigned[:, 0::2] | (unsigned[:, 1::2] << 4)
     packed = unsigned.to(torch.uint8).reshape(rows, blocks, -1).numpy()
     scale = entry.scale if entry.group else entry.scale.expand(rows, blocks)
-    return packed, scale.reshape(-1).numpy().astype(np.float32), block
+    return packed, scale.reshape(-1).numpy().astype(np.float32)
+
+
+def block_size(entry: StoredWeight) -> int:
+    """``MatMulNBits``' block size for a weight: its group, or :func:`_row_block` per channel.
+
+    Example:
+        >>> block_size(StoredWeight(torch.zeros(2, 384, dtype=torch.int8), torch.ones(2, 1), 8,
+        ...                         None))
+        128
+    """
+    return entry.group or _row_block(entry.codes.shape[1], entry.bits)
 
 
 def _row_block(cols: int, bits: int) -> int:
@@ -135,17 +141,17 @@ class _NBitsRewriter(LinearRewriter):
         self.stored = stored
 
     def takes(self, w: np.ndarray) -> bool:
-        return _digest(w) in self.stored
+        return weight_digest(w) in self.stored
 
     def replacements(self, plans: dict[int, tuple[Any, np.ndarray, str, str]]) -> dict[int, list]:
         from onnx import helper, numpy_helper
 
         new_nodes = {}
         for index, (node, w, bias, output) in plans.items():
-            key = _digest(w)
+            key = weight_digest(w)
             entry = self.stored[key]
-            packed, scales, block = matmul_nbits_weight(entry)
             if key not in self.made:  # a Linear called twice: one copy of its codes
+                packed, scales = matmul_nbits_weight(entry)
                 base = (node.input[1] or node.name).replace("/", "_")
                 self.made[key] = [f"{base}_q{entry.bits}", f"{base}_scales"]
                 self.graph.initializer.extend([
@@ -155,12 +161,13 @@ class _NBitsRewriter(LinearRewriter):
             inputs = [node.input[0], *self.made[key]] + (["", "", bias] if bias else [])
             new_nodes[index] = [helper.make_node(
                 "MatMulNBits", inputs, [output], name=self._name(node), domain=MS_DOMAIN,
-                K=w.shape[0], N=w.shape[1], bits=entry.bits, block_size=block, accuracy_level=0,
+                K=w.shape[0], N=w.shape[1], bits=entry.bits, block_size=block_size(entry),
+                accuracy_level=0,
             )]  # fmt: skip
         return new_nodes
 
     def table_rows(self, table: np.ndarray) -> tuple[torch.Tensor, torch.Tensor] | None:
-        entry = self.stored.get(_digest(table))
+        entry = self.stored.get(weight_digest(table))
         if entry is None or entry.bits != 8 or entry.group is not None:
             return None
         return entry.codes, entry.scale
