@@ -8,10 +8,12 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
+from contextlib import closing
 from pathlib import Path
 
 import optuna
@@ -87,14 +89,14 @@ def share_study(storage: str, space_file: Path, space: SearchSpace, digits, tmp_
     assert len(set(keys)) >= len(keys) - 1, "workers seeded apart do not repeat candidates"
 
 
-def wait_for_trial(storage: str, name: str, worker: subprocess.Popen, state: str = "") -> None:
-    """Wait until the worker process has a trial (in ``state``, if given) in the study."""
+def wait_for_trial(storage: str, name: str, worker: subprocess.Popen) -> None:
+    """Wait until the worker process has a trial in the study."""
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         assert worker.poll() is None, worker.stderr.read()
         try:
             trials = optuna.load_study(study_name=name, storage=with_driver(storage)).trials
-            if any(t.state.name == state or not state for t in trials):
+            if trials:
                 return
         except KeyError:
             pass  # the study is not created yet
@@ -303,10 +305,9 @@ def test_killed_worker_trial_is_failed_and_retried(space, digits, space_file, tm
     )
     worker = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
     try:
-        wait_for_trial(storage, "k", worker, "RUNNING")
-        time.sleep(1.5)  # a heartbeat or two is recorded
+        kill_during_trial(worker, tmp_path / "k.db")
     finally:
-        worker.send_signal(signal.SIGKILL)  # no clean-up: its trial stays RUNNING
+        worker.kill()
         worker.wait()
     time.sleep(3)  # the grace period passes without a heartbeat
     done = sum(t.state.name == "COMPLETE" for t in _trials(storage, "k"))
@@ -320,6 +321,40 @@ def test_killed_worker_trial_is_failed_and_retried(space, digits, space_file, tm
     retried = [t for t in result.study.trials if Retry.retried_trial_number(t) == killed[0].number]
     assert len(retried) == 1 and retried[0].params == killed[0].params
     assert retried[0].state.name == "COMPLETE"
+
+
+def kill_during_trial(worker: subprocess.Popen, db: Path) -> None:
+    """SIGKILL the worker while it trains a trial whose heartbeat is recorded.
+
+    A trial takes about a second, so a fixed sleep may kill between two trials (nothing is left
+    RUNNING), before the first heartbeat (Optuna never fails the trial) or while the parameters
+    are drawn (the retry draws the rest). The worker is stopped (SIGSTOP) while its storage is
+    read, so the trial seen is the one killed.
+    """
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert worker.poll() is None, worker.stderr.read()
+        worker.send_signal(signal.SIGSTOP)
+        if _training_with_heartbeat(db):
+            worker.send_signal(signal.SIGKILL)  # no clean-up: its trial stays RUNNING
+            return
+        worker.send_signal(signal.SIGCONT)
+        time.sleep(0.2)
+    pytest.fail("the worker never trained a trial with a heartbeat")
+
+
+def _training_with_heartbeat(db: Path) -> bool:
+    # "params" is recorded once every parameter is drawn, just before training starts.
+    query = (
+        "SELECT COUNT(*) FROM trials JOIN trial_heartbeats USING (trial_id)"
+        " JOIN trial_user_attributes USING (trial_id)"
+        " WHERE trials.state = 'RUNNING' AND trial_user_attributes.key = 'params'"
+    )
+    try:
+        with closing(sqlite3.connect(db, timeout=0.5)) as connection:
+            return connection.execute(query).fetchone()[0] > 0
+    except sqlite3.OperationalError:  # no tables yet, or the stopped worker holds a write lock
+        return False
 
 
 def _trials(storage: str, name: str) -> list:
