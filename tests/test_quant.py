@@ -1011,6 +1011,38 @@ def test_per_token_embedder_keeps_one_stream_and_matches(tmp_path):
         np.testing.assert_allclose(got, result.fake_quant(ids, mask).numpy(), atol=2e-3)
 
 
+def test_static_embedder_has_no_run_time_ranges_and_matches(tmp_path):
+    import onnx
+
+    from slimkit.measure import ort_session
+    from slimkit.quant.static_inputs import input_ranges
+    from slimkit.quant.transformer import embed_onnx, export_quantized_embedder, quantize_embedder
+
+    embedder, ids, mask = _tiny_bert()
+    batches = [{"input_ids": ids, "attention_mask": mask}]
+    result = quantize_embedder(embedder, batches, mode="static", accuracy_budget=1.0)
+    ranges = input_ranges(result.fake_quant)
+    assert len(ranges) == 12 and all(0 <= zero <= 255 for _, zero in ranges.values())
+    done = export_quantized_embedder(result, tmp_path / "q.onnx", batches[0])
+    ops = [n.op_type for n in onnx.load(tmp_path / "q.onnx").graph.node]
+    assert done["quantized"] == ops.count("MatMulIntegerToFloat") == 12
+    assert "DynamicQuantizeLinear" not in ops and "DynamicQuantizeMatMul" not in ops
+    # query, key and value read one input with one range: one QuantizeLinear per layer for them
+    assert ops.count("QuantizeLinear") == 12 - 2 * 2
+    got = embed_onnx(ort_session(tmp_path / "q.onnx", 1), batches)
+    with torch.no_grad():
+        np.testing.assert_allclose(got, result.fake_quant(ids, mask).numpy(), atol=2e-3)
+
+
+def test_embedder_refuses_modes_it_cannot_run():
+    from slimkit.quant.transformer import quantize_embedder
+
+    embedder, ids, mask = _tiny_bert()
+    with pytest.raises(SlimkitError, match="'weight-only' does not apply"):
+        quantize_embedder(embedder, [{"input_ids": ids, "attention_mask": mask}],
+                          mode="weight-only")  # fmt: skip
+
+
 # --- MiniLM ---------------------------------------------------------------------------------
 
 

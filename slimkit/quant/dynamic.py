@@ -120,7 +120,8 @@ class RowInt8(nn.Module):
 
 
 def linear_weight_quant(weight: torch.Tensor, cfg: QuantConfig) -> WeightFakeQuant:
-    """The int8 grid of a Linear weight (``[out, in]``) as dynamic quantization deploys it:
+    """The int8 grid of a Linear weight (``[out, in]``) as the integer-GEMM rewrite deploys it
+    (dynamic mode, and the static input ranges of :mod:`slimkit.quant.static_inputs`):
     ``cfg``'s weight scheme and observer, pair-safe scales where the CPU needs them
     (:func:`~slimkit.quant.api.pair_safe`). Clips ``weight`` to that grid, in place.
 
@@ -136,8 +137,11 @@ def linear_weight_quant(weight: torch.Tensor, cfg: QuantConfig) -> WeightFakeQua
     """
     from slimkit.quant.api import pair_safe, weight_scheme
 
-    quant = WeightFakeQuant(weight_scheme(cfg), cfg.weight_observer)
-    quant.calibrate(weight, pair_safe=pair_safe(cfg))
+    # The rewrite's integer GEMMs are the same whether the activation ranges are found at run
+    # time or calibrated (a sentence embedder's static mode), so is the grid: the dynamic one.
+    kernel = cfg.model_copy(update={"mode": "dynamic"})
+    quant = WeightFakeQuant(weight_scheme(kernel), cfg.weight_observer)
+    quant.calibrate(weight, pair_safe=pair_safe(kernel))
     quant.observer = None
     return quant
 

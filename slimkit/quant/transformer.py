@@ -1,11 +1,12 @@
 """Sentence-embedding transformers (all-MiniLM-L6-v2 and other BERT-style encoders): loading,
 tokenised batches, ONNX export with dynamic batch and sequence axes, and int8 quantization.
 
-The quantized path is dynamic int8: weights per channel, activations quantized at run time per
-tensor with the FFN's outlier neurons in float (:mod:`slimkit.quant.outliers`), or per token
-(:mod:`slimkit.quant.per_token`), after SmoothQuant (Xiao et al. 2023) on the
-Linears that read a LayerNorm's output; mixed precision keeps float the Linears whose
-quantization costs the most fidelity, if that is what it takes to meet the cosine budget.
+The quantized path is int8: weights per channel; activations per tensor, with the FFN's
+outlier neurons in float (:mod:`slimkit.quant.outliers`) and ranges found at run time or
+calibrated once (:mod:`slimkit.quant.static_inputs`), or per token at run time
+(:mod:`slimkit.quant.per_token`); after SmoothQuant (Xiao et al. 2023) on the Linears that read
+a LayerNorm's output. Mixed precision keeps float the Linears whose quantization costs the most
+fidelity, if that is what it takes to meet the cosine budget.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from slimkit.quant.dynamic import (
 from slimkit.quant.gelu import approximate_gelus
 from slimkit.quant.outliers import FLOAT_BRANCH, find_outlier_neurons, split_outlier_neurons
 from slimkit.quant.smooth import SmoothGroup, balance_signs, bert_groups, input_absmax, smooth
+from slimkit.quant.static_inputs import calibrate_inputs, input_ranges, quantize_onnx_static_inputs
 
 Batch = dict[str, torch.Tensor]
 INPUTS = ("input_ids", "attention_mask")
@@ -240,6 +242,27 @@ class QuantizedEmbedder:
     tanh_gelu: list[str] = field(default_factory=list)  # layers whose FFN GELU is in tanh form
 
 
+def embedder_config(config: QuantConfig | dict | None = None, **overrides: Any) -> QuantConfig:
+    """The settings of :func:`quantize_embedder`: ``mode`` is ``"dynamic"`` unless
+    ``"static"`` is asked for; the other modes are refused.
+
+    Example:
+        >>> embedder_config().mode, embedder_config({"mode": "static"}).mode
+        ('dynamic', 'static')
+    """
+    if isinstance(config, QuantConfig):
+        values = config.model_dump(exclude_unset=True)
+    else:
+        values = dict(config or {})
+    cfg = as_config({"mode": "dynamic", **values, **overrides})
+    if cfg.mode not in ("dynamic", "static"):
+        raise SlimkitError(
+            f"quantize_embedder: mode {cfg.mode!r} does not apply to sentence embedders; "
+            "use 'dynamic' (run-time activation ranges) or 'static' (calibrated ranges)"
+        )
+    return cfg
+
+
 def quantize_embedder(
     model: nn.Module,
     calibration: list[Batch],
@@ -259,6 +282,8 @@ def quantize_embedder(
     ``config.accuracy_budget`` is the allowed loss of mean cosine similarity to the float
     embeddings on the calibration batches (default 0.001): the Linears whose quantization
     costs the most are kept float, one at a time, until the loss fits.
+    ``config.mode`` ``"static"`` calibrates each Linear's input range on the calibration
+    batches instead of finding it at run time (:mod:`slimkit.quant.static_inputs`).
     ``config.approximate_gelu`` (default on) computes the FFN's GELU in tanh form where int8
     reads its output (:mod:`slimkit.quant.gelu`): within 1/50 of a quantization step, and on
     MiniLM in ONNX Runtime about a quarter less GELU time (97 against 126 ms per 10 batches).
@@ -267,7 +292,7 @@ def quantize_embedder(
         >>> embedder, tok = load_minilm()  # doctest: +SKIP
         >>> q = quantize_embedder(embedder, tokenize(tok, ["a", "b c"]))  # doctest: +SKIP
     """
-    cfg = as_config(config, mode="dynamic", **overrides)
+    cfg = embedder_config(config, **overrides)
     if not calibration:
         raise SlimkitError("calibration data is empty: give at least one tokenised batch")
     neurons: dict[str, list[int]] = {}
@@ -283,7 +308,7 @@ def quantize_embedder(
         layers = [g.linears[0] for g in groups]
         stats = input_absmax(model, layers, _runner(calibration), samples)
     smoothed, fake, alphas, tanh = _smoothed_pair(
-        model, groups, stats, samples, cfg, cfg.smooth_alpha
+        model, groups, stats, samples, cfg, cfg.smooth_alpha, calibration
     )  # smooth_alpha None: searched per group
     budget = 0.001 if cfg.accuracy_budget is None else cfg.accuracy_budget
     float_layers, sensitivity = _keep_float(fake, model, calibration, budget)
@@ -296,7 +321,9 @@ def quantize_embedder(
         kept = cfg.model_copy(update={"skip": [*cfg.skip, *float_layers]})
         groups = [g for g in groups if not set(g.linears) <= set(float_layers)]
         # the searched alphas stand: a group's search scores all its Linears, float or not
-        smoothed, fake, alphas, tanh = _smoothed_pair(model, groups, stats, samples, kept, alphas)
+        smoothed, fake, alphas, tanh = _smoothed_pair(
+            model, groups, stats, samples, kept, alphas, calibration
+        )
     return QuantizedEmbedder(smoothed, fake, cfg, float_layers, alphas, sensitivity, neurons, tanh)
 
 
@@ -307,8 +334,10 @@ def _smoothed_pair(
     samples: dict[str, list[torch.Tensor]] | None,
     cfg: QuantConfig,
     alpha: float | dict[str, float] | None,
+    calibration: list[Batch],
 ) -> tuple[nn.Module, nn.Module, dict[str, float], list[str]]:
-    """(smoothed float model, its fake-quantized copy, alphas used, layers with tanh GELU)."""
+    """(smoothed float model, its fake-quantized copy, alphas used, layers with tanh GELU);
+    in static mode the copy's input ranges are calibrated on ``calibration``."""
     smoothed = copy.deepcopy(model).eval()
     alphas = {}
     if groups:  # alpha None: searched per group, scored on the int8 grids to be deployed
@@ -317,7 +346,10 @@ def _smoothed_pair(
     if cfg.granularity == "token":  # fewer zero-point correction rows; floats unchanged
         balance_signs(smoothed, groups)
     tanh = approximate_gelus(smoothed, cfg.skip) if cfg.approximate_gelu else []
-    return smoothed, prepare_dynamic(copy.deepcopy(smoothed), cfg), alphas, tanh
+    fake = prepare_dynamic(copy.deepcopy(smoothed), cfg)
+    if cfg.mode == "static":
+        calibrate_inputs(fake, cfg, _runner(calibration))
+    return smoothed, fake, alphas, tanh
 
 
 def _runner(batches: list[Batch]):
@@ -413,4 +445,9 @@ def export_quantized_embedder(result: QuantizedEmbedder, path: str | Path, examp
 
     with tempfile.TemporaryDirectory(prefix="slimkit-minilm-") as tmp:
         float_path = export_embedder(result.smoothed, Path(tmp) / "smoothed.onnx", example)
+        if result.config.mode == "static":
+            ranges = input_ranges(result.fake_quant)
+            return quantize_onnx_static_inputs(
+                float_path, path, result.config, ranges, skip=result.float_layers
+            )
         return quantize_onnx_dynamic(float_path, path, result.config, skip=result.float_layers)
