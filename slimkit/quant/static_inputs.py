@@ -13,8 +13,9 @@ without the pass that finds the range. Linears reading one input with one range 
 query, key and value) share one ``QuantizeLinear``.
 
 On all-MiniLM-L6-v2 the calibrated ranges of 64 training sentences gave the dev set's
-embeddings the same cosine to float as the run-time ranges, and the pass over it ran 1 to 3%
-faster (BENCHMARKS.md, minilm-int8).
+embeddings the same cosine to float as the run-time ranges. The range pass is about 1.5% of a
+batch's time in ONNX Runtime (measured one GEMM at a time), less than whole passes over the dev
+set vary from run to run on a shared 2-core machine (BENCHMARKS.md, minilm-int8).
 """
 
 from __future__ import annotations
