@@ -198,13 +198,7 @@ def quantize_onnx_dynamic(
         >>> quantize_onnx_dynamic(f, tmp + "/q.onnx", QuantConfig(mode="dynamic"))["quantized"]
         1
     """
-    import onnx
-
-    model = onnx.load(str(src))
-    rewriter = LinearRewriter(model, cfg, (skip or []) + cfg.skip)
-    rewriter.run()
-    save_rewritten(model, dst)
-    return {"quantized": rewriter.quantized, "kept_float": rewriter.kept}
+    return LinearRewriter.rewrite_file(src, dst, cfg, (skip or []) + cfg.skip)
 
 
 def save_rewritten(model: Any, dst: str | Path) -> None:
@@ -273,6 +267,18 @@ class LinearRewriter:
         del self.graph.node[:]
         self.graph.node.extend(nodes)
         self._drop_unused()
+
+    @classmethod
+    def rewrite_file(cls, src: str | Path, dst: str | Path, *args: Any) -> dict[str, Any]:
+        """Load ``src``, rewrite it with ``cls(model, *args)``, save it to ``dst`` and return
+        counts of what was done: the body of each ``quantize_onnx_*`` entry point."""
+        import onnx
+
+        model = onnx.load(str(src))
+        rewriter = cls(model, *args)
+        rewriter.run()
+        save_rewritten(model, dst)
+        return {"quantized": rewriter.quantized, "kept_float": rewriter.kept}
 
     def takes(self, w: np.ndarray) -> bool:
         """Whether to rewrite the MatMul of the constant weight ``w`` ``[K, N]``: all of them."""

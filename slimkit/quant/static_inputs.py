@@ -30,7 +30,7 @@ from torch import nn
 
 from slimkit.errors import SlimkitError
 from slimkit.quant.config import QuantConfig
-from slimkit.quant.dynamic import MS_DOMAIN, LinearRewriter, module_scope, save_rewritten
+from slimkit.quant.dynamic import MS_DOMAIN, LinearRewriter, module_scope
 from slimkit.quant.fake import ActFakeQuant
 
 Range = tuple[float, int]  # (scale, uint8 zero point)
@@ -104,13 +104,7 @@ def quantize_onnx_static_inputs(
         >>> quantize_onnx_static_inputs(f, tmp + "/q.onnx", cfg, {"0": (0.01, 128)})["quantized"]
         1
     """
-    import onnx
-
-    model = onnx.load(str(src))
-    rewriter = StaticInputRewriter(model, cfg, (skip or []) + cfg.skip, ranges)
-    rewriter.run()
-    save_rewritten(model, dst)
-    return {"quantized": rewriter.quantized, "kept_float": rewriter.kept}
+    return StaticInputRewriter.rewrite_file(src, dst, cfg, (skip or []) + cfg.skip, ranges)
 
 
 class StaticInputRewriter(LinearRewriter):
