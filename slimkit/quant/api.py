@@ -110,7 +110,7 @@ def weight_scheme(cfg: QuantConfig) -> QScheme:
         7
     """
     bits = cfg.weight_bits
-    if bits == 8 and cfg.mode in ("static", "qat") and _reduce_range(cfg.reduce_range):
+    if bits == 8 and cfg.mode in ("static", "qat") and reduce_range_applies(cfg):
         bits = 7
     return QScheme(bits=bits, symmetric=True, signed=True, axis=0 if cfg.per_channel else None)
 
@@ -129,7 +129,7 @@ def pair_safe(cfg: QuantConfig) -> bool:
     """
     return (
         cfg.mode == "dynamic" and cfg.granularity == "tensor" and cfg.weight_bits == 8
-        and _reduce_range(cfg.reduce_range)
+        and reduce_range_applies(cfg)
     )  # fmt: skip
 
 
@@ -149,15 +149,21 @@ def activation_scheme(cfg: QuantConfig) -> QScheme:
         7
     """
     bits = cfg.activation_bits
-    if bits == 8 and cfg.granularity == "token" and _reduce_range(cfg.reduce_range):
+    if bits == 8 and cfg.granularity == "token" and reduce_range_applies(cfg):
         bits = 7
     return QScheme(bits=bits, symmetric=False, signed=False)
 
 
-def _reduce_range(setting: bool | str) -> bool:
-    if setting == "auto":
+def reduce_range_applies(cfg: QuantConfig) -> bool:
+    """Whether ``cfg.reduce_range`` is in effect here (``"auto"``: on CPUs that need it).
+
+    Example:
+        >>> reduce_range_applies(QuantConfig(reduce_range=True))
+        True
+    """
+    if cfg.reduce_range == "auto":
         return cpu_needs_reduce_range()
-    return bool(setting)
+    return bool(cfg.reduce_range)
 
 
 @functools.cache

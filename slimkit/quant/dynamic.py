@@ -278,7 +278,11 @@ class LinearRewriter:
         rewriter = cls(model, *args)
         rewriter.run()
         save_rewritten(model, dst)
-        return {"quantized": rewriter.quantized, "kept_float": rewriter.kept}
+        return rewriter.counts()
+
+    def counts(self) -> dict[str, Any]:
+        """What the rewrite did: Linears quantized, layers kept float."""
+        return {"quantized": self.quantized, "kept_float": self.kept}
 
     def takes(self, w: np.ndarray) -> bool:
         """Whether to rewrite the MatMul of the constant weight ``w`` ``[K, N]``: all of them."""
