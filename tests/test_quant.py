@@ -1034,6 +1034,77 @@ def test_static_embedder_has_no_run_time_ranges_and_matches(tmp_path):
         np.testing.assert_allclose(got, result.fake_quant(ids, mask).numpy(), atol=2e-3)
 
 
+def test_static_embedder_puts_the_attention_scores_on_the_integer_gemm_and_matches(tmp_path):
+    import onnx
+
+    from slimkit.measure import ort_session
+    from slimkit.quant.attention import output_ranges
+    from slimkit.quant.transformer import embed_onnx, export_quantized_embedder, quantize_embedder
+
+    embedder, ids, mask = _tiny_bert()
+    batches = [{"input_ids": ids, "attention_mask": mask}]
+    result = quantize_embedder(embedder, batches, mode="static", accuracy_budget=1.0,
+                               quantize_attention=True)  # fmt: skip
+    scores = output_ranges(result.fake_quant)
+    assert len(scores) == 4  # query and key of both layers
+    signed = {name.rsplit(".", 1)[1]: (zero, s) for name, (_, zero, s) in scores.items()}
+    assert signed["key"] == (0, True) and signed["query"][1] is False  # s8 keys, u8 queries
+    done = export_quantized_embedder(result, tmp_path / "q.onnx", batches[0])
+    graph = onnx.load(tmp_path / "q.onnx").graph
+    ops = [n.op_type for n in graph.node]
+    assert done["attention_scores"] == 2 and done["quantized"] == 12
+    assert ops.count("MatMulIntegerToFloat") == 12 + 2 and ops.count("QuantizeLinear") == 8 + 4
+    assert ops.count("MatMul") == 2  # only the probability-value products stay float
+    # the head split moves the quantized bytes: Transposes read int8/uint8 tensors
+    kinds = {v.name: v.type.tensor_type.elem_type for v in graph.value_info}
+    one_byte = (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
+    small = [
+        n for n in graph.node if n.op_type == "Transpose" and kinds.get(n.output[0]) in one_byte
+    ]
+    assert len(small) == 4
+    got = embed_onnx(ort_session(tmp_path / "q.onnx", 1), batches)
+    with torch.no_grad():
+        fake = result.fake_quant(ids, mask)
+        float_scores = quantize_embedder(embedder, batches, mode="static", accuracy_budget=1.0)
+        assert not torch.equal(fake, float_scores.fake_quant(ids, mask))  # scores quantized
+    np.testing.assert_allclose(got, fake.numpy(), atol=2e-3)
+
+
+def test_int8_attention_scores_need_calibrated_ranges():
+    from slimkit.quant.config import as_config
+
+    with pytest.raises(SlimkitError, match="quantize_attention needs calibrated ranges"):
+        as_config({"mode": "dynamic", "quantize_attention": True})
+
+
+class _LeakyScores(nn.Module):
+    """Attention scores whose query is also read outside the product: no head split to
+    rewrite, so int8 scores must be refused rather than computed on half the readers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.query, self.key = nn.Linear(8, 8), nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q = self.query(x)
+        return (q @ self.key(x).transpose(-1, -2) * 0.5).sum(-1, keepdim=True) + q
+
+
+def test_int8_scores_refuse_a_query_read_outside_the_product(tmp_path):
+    from slimkit.quant.attention import calibrate_scores, output_ranges
+    from slimkit.quant.static_inputs import quantize_onnx_static_inputs
+
+    net = _LeakyScores().eval()
+    cfg = QuantConfig(mode="static", quantize_attention=True)
+    calibrate_scores(net, cfg, lambda m: m(torch.randn(4, 3, 8)))
+    path = export_onnx(_LeakyScores().eval(), tmp_path / "f.onnx", (3, 8))
+    ranges = {"query": (0.02, 128), "key": (0.02, 128)}
+    with pytest.raises(SlimkitError, match="read by 2 nodes"):
+        quantize_onnx_static_inputs(path, tmp_path / "q.onnx", cfg, ranges,
+                                    scores=output_ranges(net))  # fmt: skip
+    assert not (tmp_path / "q.onnx").exists()
+
+
 def test_embedder_refuses_modes_it_cannot_run():
     from slimkit.quant.transformer import quantize_embedder
 

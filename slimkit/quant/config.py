@@ -65,6 +65,9 @@ class QuantConfig(BaseModel):
     approximate_gelu: bool = Field(
         True, description="transformer path: tanh GELU where int8 reads the FFN's GELU output"
     )
+    quantize_attention: bool = Field(
+        False, description="transformer path, static mode: int8 query-key product (scores)"
+    )
     min_top1_agreement: float = Field(0.99, ge=0, le=1)
 
     @field_validator("weight_bits", "activation_bits")
@@ -91,6 +94,8 @@ class QuantConfig(BaseModel):
             raise ValueError("granularity 'token' applies to mode 'dynamic' only")
         if self.weight_rounding == "gptq" and self.mode != "weight-only":
             raise ValueError("weight_rounding 'gptq' applies to mode 'weight-only' only")
+        if self.quantize_attention and self.mode != "static":
+            raise ValueError("quantize_attention needs calibrated ranges: mode 'static' only")
         if self.mode == "weight-only" and self.weight_bits not in (4, 8):
             raise ValueError("weight-only quantization stores 8- or 4-bit weights")
         return self

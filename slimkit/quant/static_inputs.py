@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from slimkit.errors import SlimkitError
+from slimkit.quant.attention import OutputRange, ScoreRewriter
 from slimkit.quant.config import QuantConfig
 from slimkit.quant.dynamic import MS_DOMAIN, LinearRewriter, module_scope
 from slimkit.quant.fake import ActFakeQuant
@@ -89,11 +90,15 @@ def quantize_onnx_static_inputs(
     cfg: QuantConfig,
     ranges: dict[str, Range],
     skip: list[str] | None = None,
+    scores: dict[str, OutputRange] | None = None,
 ) -> dict[str, Any]:
     """Rewrite each MatMul/Gemm with a constant weight as ``QuantizeLinear`` (the input's range
     from ``ranges``, by the PyTorch module the node came from) and ``MatMulIntegerToFloat``
     (int8 weights as :func:`~slimkit.quant.dynamic.quantize_onnx_dynamic` writes them); large
-    lookup tables as int8 rows. ``skip`` patterns stay float. Returns counts of what was done.
+    lookup tables as int8 rows. ``skip`` patterns stay float. ``scores`` (the query and key
+    Linears' output ranges, :func:`~slimkit.quant.attention.output_ranges`) puts the attention
+    scores on the integer GEMM too (:class:`~slimkit.quant.attention.ScoreRewriter`). Returns
+    counts of what was done.
 
     Example:
         >>> import tempfile
@@ -104,19 +109,51 @@ def quantize_onnx_static_inputs(
         >>> quantize_onnx_static_inputs(f, tmp + "/q.onnx", cfg, {"0": (0.01, 128)})["quantized"]
         1
     """
-    return StaticInputRewriter.rewrite_file(src, dst, cfg, (skip or []) + cfg.skip, ranges)
+    skip = (skip or []) + cfg.skip
+    return StaticInputRewriter.rewrite_file(src, dst, cfg, skip, ranges, scores or {})
 
 
 class StaticInputRewriter(LinearRewriter):
     """:class:`~slimkit.quant.dynamic.LinearRewriter` whose Linears quantize their input with
     a calibrated range: one ``QuantizeLinear`` per input and range, ``MatMulIntegerToFloat``
-    per Linear."""
+    per Linear; with ``scores``, the attention scores first
+    (see :func:`quantize_onnx_static_inputs`)."""
 
     def __init__(
-        self, model: Any, cfg: QuantConfig, skip: list[str], ranges: dict[str, Range]
+        self,
+        model: Any,
+        cfg: QuantConfig,
+        skip: list[str],
+        ranges: dict[str, Range],
+        scores: dict[str, OutputRange] | None = None,
     ) -> None:
         super().__init__(model, cfg, skip)
-        self.ranges = ranges
+        self.ranges, self.scores = ranges, scores or {}
+        self.score_products = 0
+
+    def run(self) -> None:
+        if self.scores:
+            outputs = self._linear_outputs()
+            self.score_products = ScoreRewriter(self.graph, self.scores, outputs).run()
+        super().run()
+
+    def counts(self) -> dict[str, Any]:
+        """What the rewrite did, and how many attention score products went int8."""
+        return {**super().counts(), "attention_scores": self.score_products}
+
+    def _linear_outputs(self) -> dict[str, str]:
+        """Module name -> output tensor (after the bias ``Add``) of each Linear in the graph."""
+        consumers: dict[str, list[Any]] = {}
+        for node in self.graph.node:
+            for name in node.input:
+                consumers.setdefault(name, []).append(node)
+        outputs = {}
+        for node in self.graph.node:
+            weight, scope = self._weight(node), module_scope(node)
+            if weight is not None and scope is not None:
+                width = self.inits[weight].dims[1]
+                outputs[scope] = self._bias(node, consumers, width)[1]
+        return outputs
 
     def replacements(self, plans: dict[int, tuple[Any, np.ndarray, str, str]]) -> dict[int, list]:
         from onnx import helper
