@@ -1075,6 +1075,8 @@ def test_int8_attention_scores_need_calibrated_ranges():
 
     with pytest.raises(SlimkitError, match="quantize_attention needs calibrated ranges"):
         as_config({"mode": "dynamic", "quantize_attention": True})
+    with pytest.raises(SlimkitError, match="quantize_attention applies to sentence embedders"):
+        quantize(nn.Linear(2, 2), mode="static", quantize_attention=True)
 
 
 class _LeakyScores(nn.Module):

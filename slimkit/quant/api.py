@@ -57,6 +57,11 @@ def quantize(
         'static'
     """
     cfg = as_config(config, **overrides)
+    if cfg.quantize_attention:  # the QDQ path has no attention rewrite: say so, do not ignore it
+        raise SlimkitError(
+            "quantize: quantize_attention applies to sentence embedders "
+            "(slimkit.quant.transformer.quantize_embedder); leave it off here"
+        )
     check_finite(model)
     if cfg.mode in ("static", "qat"):
         return _static(model, cfg, data)
