@@ -1092,6 +1092,56 @@ class _LeakyScores(nn.Module):
         return (q @ self.key(x).transpose(-1, -2) * 0.5).sum(-1, keepdim=True) + q
 
 
+class _ScaledHeads(nn.Module):
+    """Attention scores with the scale applied to the query heads before the product, as
+    some exporters write it: the factor must fold into the integer GEMM's scale."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.query, self.key = nn.Linear(8, 8), nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        def heads(t: torch.Tensor) -> torch.Tensor:
+            return t.reshape(x.shape[0], x.shape[1], 2, 4).transpose(1, 2)
+
+        q, k = heads(self.query(x)) * 0.5, heads(self.key(x))
+        return (q @ k.transpose(-1, -2)).softmax(-1).sum(1)
+
+
+def test_int8_scores_fold_a_scale_on_the_heads_and_match_float(tmp_path):
+    import onnx
+
+    from slimkit.measure import ort_session
+    from slimkit.quant.attention import calibrate_scores, output_ranges
+    from slimkit.quant.static_inputs import quantize_onnx_static_inputs
+
+    torch.manual_seed(0)
+    net, x = _ScaledHeads().eval(), torch.randn(4, 6, 8)
+    cfg = QuantConfig(mode="static", quantize_attention=True, reduce_range=False)
+    fake = copy.deepcopy(net)
+    calibrate_scores(fake, cfg, lambda m: m(x))
+    path = export_onnx(net, tmp_path / "f.onnx", (6, 8))
+    ranges = {"query": (8 / 255, 128), "key": (8 / 255, 128)}
+    done = quantize_onnx_static_inputs(path, tmp_path / "q.onnx", cfg, ranges,
+                                       scores=output_ranges(fake))  # fmt: skip
+    ops = [n.op_type for n in onnx.load(tmp_path / "q.onnx").graph.node]
+    assert done["attention_scores"] == 1 and "Mul" not in ops and "MatMul" not in ops
+    session = ort_session(tmp_path / "q.onnx", 1)
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    with torch.no_grad():
+        expected = net(x).numpy()
+        wrong_scale = (
+            (
+                fake.query(x).reshape(4, 6, 2, 4).transpose(1, 2)
+                @ fake.key(x).reshape(4, 6, 2, 4).permute(0, 2, 3, 1)
+            )
+            .softmax(-1)
+            .sum(1)
+        )
+    np.testing.assert_allclose(got, expected, atol=0.05)
+    assert np.abs(got - wrong_scale.numpy()).max() > 0.05  # the 0.5 is in the scores
+
+
 def test_int8_scores_refuse_a_query_read_outside_the_product(tmp_path):
     from slimkit.quant.attention import calibrate_scores, output_ranges
     from slimkit.quant.static_inputs import quantize_onnx_static_inputs

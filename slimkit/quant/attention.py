@@ -21,6 +21,7 @@ from torch import nn
 
 from slimkit.errors import SlimkitError
 from slimkit.quant.config import QuantConfig
+from slimkit.quant.dynamic import MS_DOMAIN, graph_consumers
 from slimkit.quant.fake import ActFakeQuant
 from slimkit.quant.observers import QScheme
 
@@ -123,10 +124,7 @@ class ScoreRewriter:
     def __init__(self, graph: Any, ranges: dict[str, OutputRange], outputs: dict[str, str]):
         self.graph, self.ranges, self.outputs = graph, ranges, outputs
         self.inits = {i.name: i for i in graph.initializer}
-        self.consumers: dict[str, list[Any]] = {}
-        for node in graph.node:
-            for name in node.input:
-                self.consumers.setdefault(name, []).append(node)
+        self.consumers = graph_consumers(graph)
         self.types = {v.name: v for v in graph.value_info}
         self.dropped: set[int] = set()
         self.after: dict[int, Any] = {}  # id(node) -> QuantizeLinear to insert after it
@@ -191,7 +189,7 @@ class ScoreRewriter:
             "MatMulIntegerToFloat",
             [a, b, self._constant(f"{output}_a_scale", np.array(a_scale * factor, np.float32)),
              self._constant(f"{output}_b_scale", np.array(b_scale, np.float32)), a_zero, b_zero],
-            [output], name=f"{matmul.name or output}_int8", domain="com.microsoft",
+            [output], name=f"{matmul.name or output}_int8", domain=MS_DOMAIN,
         )  # fmt: skip
 
     def _walk(self, tensor: str) -> tuple[Any, list[str], float]:

@@ -233,10 +233,7 @@ class LinearRewriter:
         from onnx import numpy_helper
 
         self._fold_weight_transposes()
-        consumers: dict[str, list[Any]] = {}
-        for node in self.graph.node:
-            for name in node.input:
-                consumers.setdefault(name, []).append(node)
+        consumers = graph_consumers(self.graph)
         removed: set[int] = set()
         plans: dict[int, tuple[Any, np.ndarray, str, str]] = {}
         for index, node in enumerate(self.graph.node):
@@ -461,6 +458,22 @@ class LinearRewriter:
         for init in list(self.graph.initializer):
             if init.name not in used:
                 self.graph.initializer.remove(init)
+
+
+def graph_consumers(graph: Any) -> dict[str, list[Any]]:
+    """Tensor name -> the nodes of an ONNX graph that read it.
+
+    Example:
+        >>> from onnx import helper
+        >>> graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [], [])
+        >>> [n.op_type for n in graph_consumers(graph)["x"]]
+        ['Relu']
+    """
+    consumers: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    return consumers
 
 
 def weight_digest(w: np.ndarray) -> bytes:

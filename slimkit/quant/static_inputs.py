@@ -31,7 +31,7 @@ from torch import nn
 from slimkit.errors import SlimkitError
 from slimkit.quant.attention import OutputRange, ScoreRewriter
 from slimkit.quant.config import QuantConfig
-from slimkit.quant.dynamic import MS_DOMAIN, LinearRewriter, module_scope
+from slimkit.quant.dynamic import MS_DOMAIN, LinearRewriter, graph_consumers, module_scope
 from slimkit.quant.fake import ActFakeQuant
 
 Range = tuple[float, int]  # (scale, uint8 zero point)
@@ -143,10 +143,7 @@ class StaticInputRewriter(LinearRewriter):
 
     def _linear_outputs(self) -> dict[str, str]:
         """Module name -> output tensor (after the bias ``Add``) of each Linear in the graph."""
-        consumers: dict[str, list[Any]] = {}
-        for node in self.graph.node:
-            for name in node.input:
-                consumers.setdefault(name, []).append(node)
+        consumers = graph_consumers(self.graph)
         outputs = {}
         for node in self.graph.node:
             weight, scope = self._weight(node), module_scope(node)
