@@ -121,10 +121,11 @@ class ScoreRewriter:
 
     ``outputs`` maps a Linear's module name to the tensor it produces (after its bias)."""
 
-    def __init__(self, graph: Any, ranges: dict[str, OutputRange], outputs: dict[str, str]):
+    def __init__(self, graph: Any, ranges: dict[str, OutputRange], outputs: dict[str, str]) -> None:
         self.graph, self.ranges, self.outputs = graph, ranges, outputs
         self.inits = {i.name: i for i in graph.initializer}
         self.consumers = graph_consumers(graph)
+        self.producers = {name: node for node in graph.node for name in node.output}
         self.types = {v.name: v for v in graph.value_info}
         self.dropped: set[int] = set()
         self.after: dict[int, Any] = {}  # id(node) -> QuantizeLinear to insert after it
@@ -178,8 +179,7 @@ class ScoreRewriter:
             code = np.int8 if signed else np.uint8
             zero_name = self._constant(f"{q_name}_zero_point", np.array(zero, code))
             scale_name = self._constant(f"{q_name}_scale", np.array(scale, np.float32))
-            producer = next(n for n in self.graph.node if walk[0] in n.output)
-            self.after[id(producer)] = helper.make_node(
+            self.after[id(self.producers[walk[0]])] = helper.make_node(
                 "QuantizeLinear", [walk[0], scale_name, zero_name], [q_name], name=q_name
             )
             self._retarget(walk, q_name, kind)
